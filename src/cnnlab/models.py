@@ -1,0 +1,78 @@
+"""Build Keras models from data: a model config is an ordered list of layer specs (`type` plus arguments).
+
+`type` is any keras.layers class, one of cnnlab's own layers (cnnlab.layers), or `Residual`, whose `layers`
+are applied to a branch that is added back to its input (for ResNet-style projects)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.layers import CUSTOM_LAYERS
+
+RESIDUAL = "Residual"
+
+
+class ModelConfigError(ValueError):
+    """A layer spec names an unknown layer type or arguments the layer does not take."""
+
+
+def _plain(spec: Any) -> Any:
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+
+
+def layer_class(name: str, where: str = "layer") -> type[keras.layers.Layer]:
+    """The layer class called `name`, or an error that says what is allowed."""
+    cls = CUSTOM_LAYERS.get(name) or getattr(keras.layers, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
+        return cls
+    raise ModelConfigError(
+        f"{where}: unknown layer type {name!r}; allowed: a keras.layers class (e.g. Conv2D, Dense, Dropout, "
+        f"MaxPooling2D, BatchNormalization, Flatten), {RESIDUAL!r}, or one of cnnlab's {sorted(CUSTOM_LAYERS)}"
+    )
+
+
+def check_layer_specs(specs: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Check every spec names a known type (recursively), without building anything."""
+    for i, spec in enumerate(specs):
+        spec = _plain(spec)
+        if not isinstance(spec, Mapping) or "type" not in spec:
+            raise ModelConfigError(f"{where}.{i}: a layer spec must be a mapping with a 'type', got {spec!r}")
+        if spec["type"] == RESIDUAL:
+            check_layer_specs(spec.get("layers") or [], f"{where}.{i}.layers")
+        else:
+            layer_class(spec["type"], f"{where}.{i}")
+
+
+def build_layer(spec: Mapping[str, Any], where: str = "layer") -> keras.layers.Layer:
+    """One Keras layer from its spec."""
+    kwargs = dict(_plain(spec))
+    cls = layer_class(kwargs.pop("type"), where)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ModelConfigError(f"{where}: cannot build {cls.__name__}({kwargs}): {err}") from err
+
+
+def apply_layers(x: keras.KerasTensor, specs: Sequence[Mapping[str, Any]], where: str) -> keras.KerasTensor:
+    """Apply layer specs to a symbolic tensor, expanding `Residual` blocks into a branch plus an Add."""
+    for i, spec in enumerate(specs):
+        spec = _plain(spec)
+        if spec.get("type") == RESIDUAL:
+            x = keras.layers.Add()([x, apply_layers(x, spec.get("layers") or [], f"{where}.{i}.layers")])
+        else:
+            x = build_layer(spec, f"{where}.{i}")(x)
+    return x
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> keras.Model:
+    """The composed `model` group in, a Keras model out: the listed layers, then Dense(num_classes, softmax).
+
+    The head computes in float32 so mixed precision keeps a stable softmax."""
+    inputs = keras.Input(shape=tuple(model_cfg["input_shape"]), name="images")
+    x = apply_layers(inputs, model_cfg["layers"], "model.layers")
+    outputs = keras.layers.Dense(model_cfg["num_classes"], activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name=str(model_cfg["name"]))

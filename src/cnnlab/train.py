@@ -1,0 +1,195 @@
+"""`python -m cnnlab.train project=p04 [overrides]`: train one project, evaluate it once on the test set,
+write `outputs/<project>/` and track everything in MLflow. With `-m` Hydra sweeps projects; a failing job is
+recorded FAILED and the sweep goes on.
+
+Keras is imported only after the configured backend is applied, so this module imports it inside functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import tracking
+from cnnlab.config import use_backend, validate
+
+log = logging.getLogger(__name__)
+
+
+def _make_room(cfg: DictConfig, out_dir: Path) -> bool:
+    """False when a finished run must be kept as it is (on_finished=skip); otherwise move it aside."""
+    if not out_dir.exists():
+        return True
+    if cfg.on_finished == "skip" and (out_dir / "metrics.json").is_file():
+        log.info("%s holds a finished run and on_finished=skip: nothing to do", out_dir)
+        return False
+    archive = out_dir.parent / ".archive" / f"{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(out_dir, archive)
+    log.info("moved the previous %s to %s (on_finished=new)", out_dir, archive)
+    return True
+
+
+def device_name() -> str:
+    """The devices Keras computes on, with the accelerator's model where the backend tells it."""
+    import keras
+
+    devices = ", ".join(keras.distribution.list_devices())
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"{jax.devices()[0].device_kind} ({devices})"
+    return devices
+
+
+def compile_model(model: Any, t: DictConfig) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.get({"class_name": t.optimizer.name,
+                                        "config": {"learning_rate": t.optimizer.learning_rate}}),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+        metrics=["accuracy"],
+        steps_per_execution=t.steps_per_execution,
+        jit_compile=t.jit_compile,
+    )
+
+
+def make_callbacks(cfg: DictConfig, history_csv: Path) -> list[Any]:
+    """Per-epoch MLflow logging, CSV history, best-model checkpoint (outside outputs/), early stopping."""
+    import keras
+
+    from cnnlab.callbacks import EpochLogger
+
+    t = cfg.training
+    checkpoint = Path(cfg.paths.checkpoints) / str(cfg.project.id) / "best.keras"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    monitor = t.early_stopping.monitor
+    callbacks = [
+        EpochLogger(),
+        keras.callbacks.CSVLogger(str(history_csv)),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=monitor, save_best_only=True),
+    ]
+    if t.early_stopping.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=t.early_stopping.patience,
+            restore_best_weights=t.early_stopping.restore_best_weights, verbose=1))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train, evaluate, write outputs and log one project; returns its metrics."""
+    use_backend(cfg.backend)
+    validate(cfg)
+    project = str(cfg.project.id)
+    out_dir = Path(cfg.paths.outputs) / project
+    if not _make_room(cfg, out_dir):
+        return json.loads((out_dir / "metrics.json").read_text())
+
+    import keras
+    import mlflow
+
+    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.data import DataSpec, load
+    from cnnlab.models import build_model
+
+    t = cfg.training
+    data = load(DataSpec.from_config(cfg))
+    keras.utils.set_random_seed(t.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+    n_fit = len(data.x_train) - int(len(data.x_train) * t.validation_split)
+    x_fit, y_fit = data.x_train[:n_fit], keras.utils.to_categorical(data.y_train[:n_fit], 10)
+    validation = None
+    if n_fit < len(data.x_train):
+        validation = (data.x_train[n_fit:], keras.utils.to_categorical(data.y_train[n_fit:], 10))
+
+    tracking.configure(cfg)
+    tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name()}
+    if os.environ.get("DVC_STAGE"):
+        tags["dvc_stage"] = os.environ["DVC_STAGE"]
+    with tracking.job_run(cfg, tags) as run:
+        mlflow.log_params(tracking.flatten(cfg))
+        core = build_model(cfg.model)
+        mlflow.set_tag("params", str(core.count_params()))
+        model = assemble(core, build_augmentation(cfg.augmentation.layers, x_fit / np.float32(255), t.seed))
+        compile_model(model, t)
+        tmp = out_dir.parent / f".{project}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            started = time.perf_counter()
+            history = model.fit(
+                x_fit, y_fit, batch_size=t.batch_size, epochs=t.epochs, validation_data=validation,
+                callbacks=make_callbacks(cfg, tmp / "history.csv"), shuffle=True, verbose=2,
+            ).history
+            metrics = {"project": project, "epochs": len(history["loss"]),
+                       "train_seconds": round(time.perf_counter() - started, 2), "params": core.count_params(),
+                       "reported_accuracy": cfg.project.reported_accuracy, "mlflow_run_id": run.info.run_id}
+            metrics = finish(cfg, model, data, history, tmp, metrics)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: test accuracy %.4f after %d epochs in %.1fs -> %s", project, metrics["test_accuracy"],
+             metrics["epochs"], metrics["train_seconds"], out_dir)
+    return metrics
+
+
+def finish(cfg: DictConfig, model: Any, data: Any, history: dict[str, list[float]], folder: Path,
+           metrics: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate once on the test set, write the run's files into `folder`, log metrics, artifacts and the
+    model; returns `metrics` completed with the test results."""
+    import keras
+    import mlflow
+
+    from cnnlab import plots
+    from cnnlab.evaluate import evaluate_model, write_confusion
+
+    project = str(cfg.project.id)
+    result = evaluate_model(model, data.x_test, data.y_test, data.class_names)
+    metrics = {**metrics, **{k: result[k] for k in ("test_accuracy", "test_loss", "per_class_accuracy")}}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    model.save(folder / "model.keras")
+    OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+    plots.save(plots.learning_curves(history, project.upper()), folder / "learning_curves.png")
+    write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, folder,
+                    f"{project.upper()} test confusion matrix")
+    mlflow.log_metrics({
+        "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
+        "epochs_run": metrics["epochs"], "train_seconds": metrics["train_seconds"],
+        **{f"test_accuracy_{name}": acc for name, acc in result["per_class_accuracy"].items()},
+    })
+    for name in ("config.yaml", "metrics.json", "learning_curves.png", "confusion_matrix.png", "history.csv"):
+        mlflow.log_artifact(str(folder / name))
+    if cfg.tracking.log_model:
+        tracking.log_keras_model(model, data.x_test[:2].astype("float32"),
+                                 [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"])
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point. In a sweep, a failed job is logged and recorded FAILED, and the sweep goes on."""
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job %s failed; the sweep goes on", cfg.project.id)
+        if not getattr(err, "mlflow_run_id", None):
+            tracking.log_rejected_job(cfg, err)
+        return None
+    return metrics["test_accuracy"] if metrics else None
+
+
+if __name__ == "__main__":
+    main()
