@@ -37,4 +37,4 @@ def assemble(core: keras.Model, augmentation: Sequence[keras.Layer]) -> keras.Mo
     x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     if augmentation:
         x = keras.Sequential(list(augmentation), name="augmentation")(x)
-    return keras.Model(inputs, core(x), name=core.name)
+    return keras.Model(inputs, core(x), name=f"{core.name}_pipeline")

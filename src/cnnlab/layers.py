@@ -64,7 +64,8 @@ class SamplewiseStandardization(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="cnnlab")
 class ZCAWhitening(keras.layers.Layer):
     """ImageDataGenerator's zca_whitening: x -> (x - mean) @ W with W = U diag(1/sqrt(s + eps)) U^T from the
-    SVD of the training images' covariance. Fitted once with `adapt`, like keras.layers.Normalization."""
+    eigendecomposition of the training images' covariance (what the generator's SVD computes, faster).
+    Fitted once with `adapt`, like keras.layers.Normalization."""
 
     def __init__(self, epsilon: float = 1e-6, **kwargs):
         super().__init__(**kwargs)
@@ -85,7 +86,8 @@ class ZCAWhitening(keras.layers.Layer):
         mean = flat.mean(axis=0)
         flat -= mean
         sigma = flat.T @ flat / len(flat)
-        u, s, _ = np.linalg.svd(sigma)
+        s, u = np.linalg.eigh(sigma)
+        s = np.clip(s, 0, None)  # rounding can leave tiny negative eigenvalues
         components = (u * (1.0 / np.sqrt(s + self.epsilon))) @ u.T
         self.mean.assign(mean.astype("float32"))
         self.components.assign(components.astype("float32"))

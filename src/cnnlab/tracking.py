@@ -43,17 +43,11 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            items = node.items()
-        elif isinstance(node, list):
-            items = enumerate(node)
+        if isinstance(node, dict | list) and node:
+            for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
             flat[prefix] = str(node)
-            return
-        if not items:
-            flat[prefix] = "[]" if isinstance(node, list) else "{}"
-        for key, value in items:
-            walk(value, f"{prefix}.{key}" if prefix else str(key))
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat

@@ -1,0 +1,121 @@
+"""Fetch, verify, prepare and load CIFAR-10 archives in the official layout (made by cnnlab.synth)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import pickle
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab import synth
+from cnnlab.data import DataError, DataSpec, fetch, file_digest, load, prepare
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz"
+    synth.write_archive(path, train_per_batch=20, test=30, seed=3)
+    return path
+
+
+def spec_for(source: str | Path, md5: str | None, root: Path, retries: int = 1) -> DataSpec:
+    return DataSpec("cifar10", str(source), md5, "cifar-10-python.tar.gz", root, retries)
+
+
+@pytest.fixture
+def http_server(archive: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/{archive.name}"
+    server.shutdown()
+
+
+def test_synthetic_archive_has_the_official_layout(archive: Path) -> None:
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+        batch = pickle.load(tar.extractfile("cifar-10-batches-py/data_batch_1"), encoding="bytes")
+    assert names == sorted(f"cifar-10-batches-py/{n}" for n in
+                           ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                            "test_batch", "batches.meta"])
+    assert batch[b"data"].shape == (20, 3072) and batch[b"data"].dtype == np.uint8
+    assert len(batch[b"labels"]) == 20
+
+
+def test_local_mirror_is_copied_verified_prepared_and_loaded(archive: Path, tmp_path: Path) -> None:
+    data = load(spec_for(archive, file_digest(archive), tmp_path))
+    assert data.x_train.shape == (100, 32, 32, 3) and data.x_train.dtype == np.uint8
+    assert data.x_test.shape == (30, 32, 32, 3) and data.y_test.dtype == np.uint8
+    assert data.class_names == synth.CLASS_NAMES
+    assert set(np.unique(data.y_train)) == set(range(10))
+    # rows are R, G, B planes: the parsed image must equal the generator's image
+    images, labels = synth.make_images(20, np.random.default_rng(3))
+    np.testing.assert_array_equal(data.x_train[:20], images)
+    np.testing.assert_array_equal(data.y_train[:20], labels)
+    assert data.checksum == hashlib.sha256((tmp_path / "prepared/cifar10/arrays.npz").read_bytes()).hexdigest()
+
+
+def test_download_over_http_leaves_no_partial_file(http_server: str, archive: Path, tmp_path: Path) -> None:
+    path = fetch(spec_for(http_server, file_digest(archive), tmp_path))
+    assert file_digest(path) == file_digest(archive)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_checksum_mismatch_names_source_expected_and_actual(archive: Path, tmp_path: Path) -> None:
+    wrong = "0" * 32
+    with pytest.raises(DataError, match=rf"{archive}.*expected md5 {wrong}, got {file_digest(archive)}"):
+        fetch(spec_for(archive, wrong, tmp_path))
+    assert not any((tmp_path / "raw" / "cifar10").iterdir()), "no partial or wrong archive may be left"
+
+
+def test_missing_local_source_says_how_to_use_a_mirror(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nowhere\.tar\.gz.*is not a file.*CNNLAB_DATA_SOURCE"):
+        fetch(spec_for(tmp_path / "nowhere.tar.gz", "0" * 32, tmp_path))
+
+
+def test_unreachable_url_fails_with_the_mirror_hint(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"could not fetch http://127\.0\.0\.1:9/.*CNNLAB_DATA_SOURCE"):
+        fetch(spec_for("http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32, tmp_path))
+
+
+def test_corrupt_archive_in_place_is_replaced_not_parsed(archive: Path, tmp_path: Path) -> None:
+    spec = spec_for(archive, file_digest(archive), tmp_path)
+    spec.archive_path.parent.mkdir(parents=True)
+    spec.archive_path.write_bytes(archive.read_bytes()[:1000])  # a truncated download
+    prepare(spec)
+    assert file_digest(spec.archive_path) == file_digest(archive)
+
+
+def test_prepared_data_needs_no_source(archive: Path, tmp_path: Path) -> None:
+    spec = spec_for(archive, file_digest(archive), tmp_path)
+    prepare(spec)
+    spec.archive_path.unlink()
+    gone = spec_for(tmp_path / "gone.tar.gz", spec.md5, tmp_path)
+    assert load(gone).x_train.shape[0] == 100
+    assert not spec.archive_path.exists(), "nothing may be fetched when the prepared data exists"
+
+
+def test_pickles_that_would_run_code_are_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    payload = pickle.dumps({b"data": Evil(), b"labels": []})
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                     "batches.meta"]:
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DataError, match=r"refusing to unpickle builtins\.print"):
+        prepare(spec_for(path, file_digest(path), tmp_path / "root"))

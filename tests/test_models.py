@@ -1,0 +1,54 @@
+"""The twelve seed models are built from YAML with the source's exact parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from cnnlab.models import ModelConfigError, build_model
+from tests.conftest import CONF
+
+# SEED_PROJECTS.md, checked with Keras; the starred ones are printed by the source.
+EXPECTED_PARAMS = {
+    "p00": 263_402, "p01": 136_954, "p02": 849_358, "p03": 939_458, "p04": 325_058, "p05": 171_458,
+    "p06": 686_154, "p07": 688_330, "p08": 723_146, "p09": 723_146, "p10": 723_146, "p11": 719_402,
+}
+
+
+@pytest.mark.parametrize("project", sorted(EXPECTED_PARAMS))
+def test_seed_model_parameter_count(project: str) -> None:
+    model = build_model(OmegaConf.load(CONF / "model" / f"{project}.yaml"))
+    assert model.count_params() == EXPECTED_PARAMS[project]
+    assert model.output_shape == (None, 10)
+
+
+def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
+    rates = {
+        p: [spec["rate"] for spec in OmegaConf.load(CONF / "model" / f"{p}.yaml").layers if spec.type == "Dropout"]
+        for p in ("p08", "p09", "p10")
+    }
+    assert rates["p08"] == [0.3, 0.3, 0.3, 0.3, 0.2, 0.1]
+    assert rates["p09"] == [0.3, 0.3, 0.4, 0.3, 0.2, 0.1]
+    assert rates["p10"] == [0.2, 0.2, 0.2, 0.2, 0.2, 0.1]
+
+
+def test_unknown_layer_type_names_value_and_allowed() -> None:
+    cfg = {"name": "bad", "input_shape": [32, 32, 3], "num_classes": 10, "layers": [{"type": "Conv3x3"}]}
+    with pytest.raises(ModelConfigError, match=r"model\.layers\.0: unknown layer type 'Conv3x3'.*Conv2D"):
+        build_model(cfg)
+
+
+def test_bad_layer_argument_is_named() -> None:
+    cfg = {"name": "bad", "input_shape": [32, 32, 3], "num_classes": 10,
+           "layers": [{"type": "Dense", "unitz": 3}]}
+    with pytest.raises(ModelConfigError, match=r"model\.layers\.0: cannot build Dense"):
+        build_model(cfg)
+
+
+def test_residual_block_adds_branch_to_input() -> None:
+    conv = {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"}
+    cfg = {"name": "res", "input_shape": [8, 8, 8], "num_classes": 10,
+           "layers": [{"type": "Residual", "layers": [conv, conv]}, {"type": "GlobalMaxPooling2D"}]}
+    model = build_model(cfg)
+    assert any(layer.__class__.__name__ == "Add" for layer in model.layers)
+    assert model.count_params() == 2 * (8 * 8 * 9 + 8) + 8 * 10 + 10
