@@ -1,12 +1,13 @@
 """Test-set evaluation: loss, accuracy, per-class accuracy and confusion matrix of a trained model.
 
 `python -m cnnlab.evaluate project=p04` re-evaluates the saved `outputs/p04/model.keras` without training and
-writes `metrics/p04.json` and `plots/p04/confusion_matrix.png` (+ `.csv`)."""
+writes `metrics/p04.json`, `plots/p04/confusion_matrix.png` (+ `confusion.csv`) and `plots/p04/history.csv`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +68,21 @@ def reevaluate(cfg: DictConfig) -> dict[str, Any]:
     data = load(DataSpec.from_config(cfg))
     result = evaluate_model(keras.saving.load_model(model_path), data.x_test, data.y_test, data.class_names)
     trained = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").exists() else {}
-    metrics = {
-        "project": project,
+    metrics = {  # numbers only, so `dvc metrics show` / `dvc exp show` compare them
         "test_accuracy": result["test_accuracy"],
         "test_loss": result["test_loss"],
         "per_class_accuracy": result["per_class_accuracy"],
         "reported_accuracy": cfg.project.reported_accuracy,
-        **{k: trained[k] for k in ("epochs", "train_seconds", "params", "mlflow_run_id") if k in trained},
+        **{k: trained[k] for k in ("epochs", "train_seconds", "params") if k in trained},
     }
     metrics_path = Path(cfg.paths.metrics) / f"{project}.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, Path(cfg.paths.plots) / project,
+    plot_dir = Path(cfg.paths.plots) / project
+    write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, plot_dir,
                     f"{project.upper()} test confusion matrix")
+    if (out_dir / "history.csv").exists():  # the learning curves, beside the confusion matrix for DVC plots
+        shutil.copyfile(out_dir / "history.csv", plot_dir / "history.csv")
     log.info("%s: test accuracy %.4f -> %s", project, metrics["test_accuracy"], metrics_path)
     return metrics
 

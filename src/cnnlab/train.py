@@ -134,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
             ).history
             metrics = {"project": project, "epochs": len(history["loss"]),
                        "train_seconds": round(time.perf_counter() - started, 2), "params": core.count_params(),
-                       "reported_accuracy": cfg.project.reported_accuracy, "mlflow_run_id": run.info.run_id}
+                       "reported_accuracy": cfg.project.reported_accuracy, "device": tags["device"],
+                       "mlflow_run_id": run.info.run_id, "mlflow_experiment_id": run.info.experiment_id}
             metrics = finish(cfg, model, data, history, tmp, metrics)
             os.replace(tmp, out_dir)
         finally:
