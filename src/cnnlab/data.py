@@ -172,6 +172,15 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _check_members(tar: tarfile.TarFile) -> None:
+    """Refuse archives with members that would land outside their folder if extracted (`../x`, `/x`)."""
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        if member.name.startswith(("/", "\\")) or ".." in parts or member.issym() or member.islnk():
+            raise DataError(f"{tar.name}: refusing unsafe archive member {member.name!r} (absolute path, '..' or "
+                            "link); a CIFAR-10 archive holds plain files under cifar-10-batches-py/")
+
+
 def _read_member(tar: tarfile.TarFile, name: str) -> dict[str, Any]:
     member = next((m for m in tar.getmembers() if m.isfile() and Path(m.name).name == name), None)
     if member is None:
@@ -199,6 +208,7 @@ def prepare(spec: DataSpec) -> Path:
         log.warning("%s does not match the checksum in %s: preparing it again", arrays, info_path)
     archive = fetch(spec)
     with tarfile.open(archive, "r:gz") as tar:
+        _check_members(tar)
         train = [_images(_read_member(tar, b), b) for b in TRAIN_BATCHES]
         x_test, y_test = _images(_read_member(tar, "test_batch"), "test_batch")
         meta = _read_member(tar, "batches.meta")

@@ -9,10 +9,12 @@ import subprocess
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -29,12 +31,34 @@ class SweepFailed(SystemExit):
     because Hydra turns a callback's ordinary exceptions into warnings."""
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise the opening of a local sqlite store across processes: MLflow creates and migrates the tables
+    on first open, and two processes doing that at once fail ("table ... already exists", mlflow#4123)."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if path is None or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=300):
+        yield
+
+
+def client(uri: str) -> MlflowClient:
+    """An MlflowClient on `uri`, opened safely while other processes may be creating the same store."""
+    with store_lock(uri):
+        store = MlflowClient(uri)
+        store.search_experiments(max_results=1)  # opens (and if needed creates) the store under the lock
+    return store
+
+
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; returns its id.
 
-    Creating the store and experiment here, once, keeps parallel jobs from racing to create them."""
+    Creating the store and experiment under a lock keeps parallel jobs from racing to create them."""
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    with store_lock(cfg.tracking.uri):
+        experiment = mlflow.set_experiment(cfg.tracking.experiment)
     return experiment.experiment_id
 
 
@@ -80,21 +104,36 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 @contextmanager
-def job_run(cfg: DictConfig, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one training job; on an exception it records the error and ends FAILED."""
-    with mlflow.start_run(run_name=str(cfg.project.id), tags={**base_tags(cfg), **tags}) as run:
+def job_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one training job (a new one, or `run_id` when resuming). On an exception it records the
+    error and ends FAILED, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
+    name = None if run_id else str(cfg.project.id)
+    with mlflow.start_run(run_id=run_id, run_name=name, tags={**base_tags(cfg), **tags}) as run:
         try:
             yield run
         except BaseException as err:
             record_failure(err)
             err.mlflow_run_id = run.info.run_id  # tells the sweep handler this failure is already recorded
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt)
+                                               else RunStatus.FAILED))
             raise
+
+
+def metric_history(run_id: str, keys: list[str]) -> dict[str, list[float]]:
+    """Per-epoch values of `keys` as logged (one per step, in step order): the whole curve of a resumed run."""
+    client = MlflowClient()
+    history = {}
+    for key in keys:
+        points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        if points:
+            history[key] = [points[step] for step in sorted(points)]
+    return history
 
 
 def record_failure(err: BaseException) -> None:
     """Error text as a tag (short) and an artifact (full traceback) of the active run."""
     text = "".join(traceback.format_exception(err))
-    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] or type(err).__name__)
     mlflow.log_text(text, "error.txt")
 
 

@@ -24,6 +24,7 @@ from cnnlab import tracking
 from cnnlab.config import use_backend, validate
 
 log = logging.getLogger(__name__)
+EPOCH_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"]
 
 
 def _make_room(cfg: DictConfig, out_dir: Path) -> bool:
@@ -65,8 +66,9 @@ def compile_model(model: Any, t: DictConfig) -> None:
     )
 
 
-def make_callbacks(cfg: DictConfig, history_csv: Path) -> list[Any]:
-    """Per-epoch MLflow logging, CSV history, best-model checkpoint (outside outputs/), early stopping."""
+def make_callbacks(cfg: DictConfig, backup_dir: Path) -> list[Any]:
+    """Backup for resuming, then per-epoch MLflow logging (so a logged epoch is always backed up), a best-model
+    checkpoint outside outputs/, NaN termination and early stopping."""
     import keras
 
     from cnnlab.callbacks import EpochLogger
@@ -76,9 +78,10 @@ def make_callbacks(cfg: DictConfig, history_csv: Path) -> list[Any]:
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     monitor = t.early_stopping.monitor
     callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
         EpochLogger(),
-        keras.callbacks.CSVLogger(str(history_csv)),
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=monitor, save_best_only=True),
+        keras.callbacks.TerminateOnNaN(),
     ]
     if t.early_stopping.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -87,8 +90,13 @@ def make_callbacks(cfg: DictConfig, history_csv: Path) -> list[Any]:
     return callbacks
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; Keras' TerminateOnNaN stopped the job."""
+
+
 def train(cfg: DictConfig) -> dict[str, Any] | None:
-    """Train, evaluate, write outputs and log one project; returns its metrics."""
+    """Train (resuming an interrupted run of the same config), evaluate, write outputs and log one project;
+    returns its metrics."""
     use_backend(cfg.backend)
     validate(cfg)
     project = str(cfg.project.id)
@@ -100,8 +108,10 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     import mlflow
 
     from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.callbacks import signals_interrupt
     from cnnlab.data import DataSpec, load
     from cnnlab.models import build_model
+    from cnnlab.resume import ResumeState, config_hash
 
     t = cfg.training
     data = load(DataSpec.from_config(cfg))
@@ -114,35 +124,48 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         validation = (data.x_train[n_fit:], keras.utils.to_categorical(data.y_train[n_fit:], 10))
 
     tracking.configure(cfg)
+    state = ResumeState(Path(cfg.paths.checkpoints) / project, config_hash(cfg))
     tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name()}
     if os.environ.get("DVC_STAGE"):
         tags["dvc_stage"] = os.environ["DVC_STAGE"]
-    with tracking.job_run(cfg, tags) as run:
+    with tracking.job_run(cfg, tags, run_id=state.run_to_resume()) as run, signals_interrupt():
+        state.remember(run.info.run_id)
         mlflow.log_params(tracking.flatten(cfg))
         core = build_model(cfg.model)
         mlflow.set_tag("params", str(core.count_params()))
         model = assemble(core, build_augmentation(cfg.augmentation.layers, x_fit / np.float32(255), t.seed))
         compile_model(model, t)
+        fitted = model.fit(x_fit, y_fit, batch_size=t.batch_size, epochs=t.epochs, validation_data=validation,
+                           callbacks=make_callbacks(cfg, state.backup_dir), shuffle=True, verbose=2).history
+        if fitted.get("loss") and not np.isfinite(fitted["loss"][-1]):
+            raise TrainingDiverged(f"{project}: the loss became {fitted['loss'][-1]} in epoch {len(fitted['loss'])} "
+                                   f"of this session; try a lower training.optimizer.learning_rate "
+                                   f"(now {t.optimizer.learning_rate})")
+        history = tracking.metric_history(run.info.run_id, EPOCH_METRICS)
+        metrics = {"project": project, "epochs": len(history["loss"]),
+                   "train_seconds": round(sum(history.get("epoch_seconds", [])), 2), "params": core.count_params(),
+                   "reported_accuracy": cfg.project.reported_accuracy, "device": tags["device"],
+                   "mlflow_run_id": run.info.run_id, "mlflow_experiment_id": run.info.experiment_id}
         tmp = out_dir.parent / f".{project}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            started = time.perf_counter()
-            history = model.fit(
-                x_fit, y_fit, batch_size=t.batch_size, epochs=t.epochs, validation_data=validation,
-                callbacks=make_callbacks(cfg, tmp / "history.csv"), shuffle=True, verbose=2,
-            ).history
-            metrics = {"project": project, "epochs": len(history["loss"]),
-                       "train_seconds": round(time.perf_counter() - started, 2), "params": core.count_params(),
-                       "reported_accuracy": cfg.project.reported_accuracy, "device": tags["device"],
-                       "mlflow_run_id": run.info.run_id, "mlflow_experiment_id": run.info.experiment_id}
             metrics = finish(cfg, model, data, history, tmp, metrics)
             os.replace(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        state.clear()
     log.info("%s: test accuracy %.4f after %d epochs in %.1fs -> %s", project, metrics["test_accuracy"],
              metrics["epochs"], metrics["train_seconds"], out_dir)
     return metrics
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    """history.csv: one row per epoch, as Keras' CSVLogger writes it, from the whole (possibly resumed) run."""
+    keys = sorted(history)
+    rows = ["epoch," + ",".join(keys)]
+    rows += [",".join([str(i)] + [repr(history[k][i]) for k in keys]) for i in range(len(history["loss"]))]
+    path.write_text("\n".join(rows) + "\n")
 
 
 def finish(cfg: DictConfig, model: Any, data: Any, history: dict[str, list[float]], folder: Path,
@@ -160,6 +183,7 @@ def finish(cfg: DictConfig, model: Any, data: Any, history: dict[str, list[float
     metrics = {**metrics, **{k: result[k] for k in ("test_accuracy", "test_loss", "per_class_accuracy")}}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     model.save(folder / "model.keras")
+    write_history(history, folder / "history.csv")
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
     plots.save(plots.learning_curves(history, project.upper()), folder / "learning_curves.png")
     write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, folder,
