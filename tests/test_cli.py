@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,21 @@ def test_evaluate_cli_reevaluates_a_trained_project(tmp_path: Path, tiny_data_di
     done = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "metrics" / "p04.json").exists()
+
+
+def test_parallel_launcher_runs_jobs_in_processes_under_one_parent(tmp_path: Path, tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00,p01", "training.epochs=1",
+                   "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parents, children = runs_by_parent(tmp_path)
+    assert len(parents) == 1 and sorted(r.data.tags["project"] for r in children) == ["p00", "p01"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+
+
+def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
+    done = subprocess.run([sys.executable, "bench/throughput.py", "--projects", "p00", "--images", "64",
+                           "--epochs", "1", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device: " in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| P00 |"))
+    assert re.search(r"\| \d+\.\d\dx \|", row), row

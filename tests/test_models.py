@@ -32,6 +32,17 @@ def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
     assert rates["p10"] == [0.2, 0.2, 0.2, 0.2, 0.2, 0.1]
 
 
+def test_p12_is_a_resnet9_with_a_scaled_head() -> None:
+    model = build_model(OmegaConf.load(CONF / "model" / "p12.yaml"))
+    assert sum(layer.__class__.__name__ == "Add" for layer in model.layers) == 2
+    assert model.get_layer("head_scale").scale == 0.125
+    convs = [layer.filters for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert convs == [64, 128, 128, 128, 256, 512, 512, 512]
+    conv = 9 * (3 * 64 + 64 * 128 + 2 * 128 * 128 + 128 * 256 + 256 * 512 + 2 * 512 * 512)  # no biases
+    batch_norm = 4 * (64 + 128 * 3 + 256 + 512 * 3)
+    assert model.count_params() == conv + batch_norm + 512 * 10 + 10 == 6_577_610
+
+
 def test_unknown_layer_type_names_value_and_allowed() -> None:
     cfg = {"name": "bad", "input_shape": [32, 32, 3], "num_classes": 10, "layers": [{"type": "Conv3x3"}]}
     with pytest.raises(ModelConfigError, match=r"model\.layers\.0: unknown layer type 'Conv3x3'.*Conv2D"):

@@ -94,3 +94,12 @@ def test_batch32_and_augmented_projects_train(make_cfg, workdir: Path, project: 
     assert metrics["epochs"] == 1 and 0 <= metrics["test_accuracy"] <= 1
     loaded = keras.saving.load_model(workdir / "outputs" / project / "model.keras")
     assert loaded.get_layer(project).count_params() == metrics["params"]
+
+
+def test_p12_trains_one_epoch_on_tiny_data(make_cfg, workdir: Path) -> None:
+    metrics = train(make_cfg("project=p12", "training.epochs=1", "training.optimizer.warmup_epochs=0",
+                             "training.mixed_precision=false", "tracking.log_model=false"))
+    assert metrics["epochs"] == 1 and metrics["params"] == 6_577_610
+    run = MlflowClient(make_cfg().tracking.uri).get_run(metrics["mlflow_run_id"])
+    assert run.data.params["training.optimizer.schedule"] == "warmup_cosine"
+    assert run.data.params["augmentation.layers.1.type"] == "RandomPadShift"

@@ -66,6 +66,11 @@ def validate(cfg: DictConfig) -> None:
         keras.optimizers.get(t.optimizer.name)
     except ValueError:
         _fail("training.optimizer.name", t.optimizer.name, "a keras.optimizers name such as adam, adamw, sgd, rmsprop")
+    if t.optimizer.schedule not in ("none", "warmup_cosine"):
+        _fail("training.optimizer.schedule", t.optimizer.schedule, "none or warmup_cosine")
+    warmup = t.optimizer.warmup_epochs
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < t.epochs:
+        _fail("training.optimizer.warmup_epochs", warmup, f"an integer from 0 to training.epochs - 1 ({t.epochs - 1})")
     lr = t.optimizer.learning_rate
     if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
         _fail("training.optimizer.learning_rate", lr, "a positive number")

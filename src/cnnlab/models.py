@@ -69,10 +69,15 @@ def apply_layers(x: keras.KerasTensor, specs: Sequence[Mapping[str, Any]], where
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> keras.Model:
-    """The composed `model` group in, a Keras model out: the listed layers, then Dense(num_classes, softmax).
+    """The composed `model` group in, a Keras model out: the listed layers, then Dense(num_classes) and softmax,
+    with the logits multiplied by `head_scale` when the config sets one (ResNet-style heads).
 
     The head computes in float32 so mixed precision keeps a stable softmax."""
     inputs = keras.Input(shape=tuple(model_cfg["input_shape"]), name="images")
     x = apply_layers(inputs, model_cfg["layers"], "model.layers")
-    outputs = keras.layers.Dense(model_cfg["num_classes"], activation="softmax", dtype="float32", name="head")(x)
+    x = keras.layers.Dense(model_cfg["num_classes"], dtype="float32", name="logits")(x)
+    scale = model_cfg.get("head_scale", 1.0)
+    if scale != 1.0:
+        x = keras.layers.Rescaling(scale, dtype="float32", name="head_scale")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(x)
     return keras.Model(inputs, outputs, name=str(model_cfg["name"]))

@@ -53,12 +53,26 @@ def device_name() -> str:
     return devices
 
 
-def compile_model(model: Any, t: DictConfig) -> None:
+def make_optimizer(opt: DictConfig, steps_per_epoch: int, epochs: int) -> Any:
+    """The configured Keras optimizer; `warmup_cosine` ramps linearly from 10% of the peak learning rate over
+    `warmup_epochs`, then decays it along a cosine to 0 by the last step (keras.optimizers.schedules.CosineDecay)."""
+    import keras
+
+    settings = {k: v for k, v in OmegaConf.to_container(opt, resolve=True).items()
+                if k not in ("name", "schedule", "warmup_epochs")}
+    if opt.schedule == "warmup_cosine":
+        warmup = opt.warmup_epochs * steps_per_epoch
+        settings["learning_rate"] = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=opt.learning_rate / 10, decay_steps=max(1, epochs * steps_per_epoch - warmup),
+            warmup_target=opt.learning_rate, warmup_steps=warmup)
+    return keras.optimizers.get({"class_name": opt.name, "config": settings})
+
+
+def compile_model(model: Any, t: DictConfig, steps_per_epoch: int) -> None:
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.get({"class_name": t.optimizer.name,
-                                        "config": {"learning_rate": t.optimizer.learning_rate}}),
+        optimizer=make_optimizer(t.optimizer, steps_per_epoch, t.epochs),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=t.steps_per_execution,
@@ -76,7 +90,7 @@ def make_callbacks(cfg: DictConfig, backup_dir: Path) -> list[Any]:
     t = cfg.training
     checkpoint = Path(cfg.paths.checkpoints) / str(cfg.project.id) / "best.keras"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    monitor = t.early_stopping.monitor
+    monitor = t.early_stopping.monitor if t.validation_split else "loss"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup_dir)),
         EpochLogger(),
@@ -134,7 +148,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         core = build_model(cfg.model)
         mlflow.set_tag("params", str(core.count_params()))
         model = assemble(core, build_augmentation(cfg.augmentation.layers, x_fit / np.float32(255), t.seed))
-        compile_model(model, t)
+        compile_model(model, t, steps_per_epoch=-(-len(x_fit) // t.batch_size))
         fitted = model.fit(x_fit, y_fit, batch_size=t.batch_size, epochs=t.epochs, validation_data=validation,
                            callbacks=make_callbacks(cfg, state.backup_dir), shuffle=True, verbose=2).history
         if fitted.get("loss") and not np.isfinite(fitted["loss"][-1]):

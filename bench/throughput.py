@@ -1,0 +1,138 @@
+"""Training throughput of cnnlab's path against plain Keras, per project, in one process.
+
+For each project: images/s of an epoch (median over repeats, the first, compiling epoch left out) for
+  - baseline: plain Keras - the core model in float32, NumPy arrays scaled to [0, 1], model.fit, the project's
+    batch size, no augmentation, one step per execution;
+  - cnnlab: the project as cnnlab trains it - raw pixels in, its augmentation layers, its mixed precision,
+    steps_per_execution and jit settings;
+  - cnnlab without augmentation, to give the augmentation's cost as a ratio of the step time.
+Synthetic images (the speed does not depend on the pixels). The device is printed with the table.
+
+    python bench/throughput.py --projects p00 p10 p12 --images 2048 --epochs 3 --repeats 3
+    python bench/throughput.py --time-to-accuracy --target 0.93      # P12 on CIFAR-10 (a GPU job)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def epoch_times(model, x, y, batch_size: int, epochs: int) -> list[float]:
+    """Seconds of each epoch after the first."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.t)
+
+    seconds: list[float] = []
+    model.fit(x, y, batch_size=batch_size, epochs=epochs + 1, callbacks=[Clock()], verbose=0, shuffle=True)
+    return seconds[1:]
+
+
+def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, float]:
+    import keras
+
+    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.models import build_model
+    from cnnlab.pipeline import compose_project
+    from cnnlab.train import compile_model
+
+    cfg = compose_project([f"project={project}"])
+    t = cfg.training
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
+    labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+    steps = -(-images // t.batch_size)
+    rates: dict[str, list[float]] = {"baseline": [], "cnnlab": [], "cnnlab_no_aug": []}
+    for _ in range(repeats):
+        keras.mixed_precision.set_global_policy("float32")
+        plain = build_model(cfg.model)
+        plain.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        rates["baseline"] += [images / s for s in epoch_times(plain, pixels / np.float32(255), labels,
+                                                              t.batch_size, epochs)]
+        for name, augment in (("cnnlab", True), ("cnnlab_no_aug", False)):
+            keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+            layers = build_augmentation(cfg.augmentation.layers if augment else [], pixels / np.float32(255), t.seed)
+            model = assemble(build_model(cfg.model), layers)
+            compile_model(model, t, steps)
+            rates[name] += [images / s for s in epoch_times(model, pixels, labels, t.batch_size, epochs)]
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def time_to_accuracy(target: float, overrides: list[str]) -> None:
+    """Train P12 on the configured CIFAR-10 and report when test accuracy first reaches `target`."""
+    import keras
+
+    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.data import DataSpec, load
+    from cnnlab.evaluate import evaluate_model
+    from cnnlab.models import build_model
+    from cnnlab.pipeline import compose_project
+    from cnnlab.train import compile_model
+
+    cfg = compose_project(["project=p12", *overrides])
+    t = cfg.training
+    data = load(DataSpec.from_config(cfg))
+    keras.utils.set_random_seed(t.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+    model = assemble(build_model(cfg.model),
+                     build_augmentation(cfg.augmentation.layers, data.x_train / np.float32(255), t.seed))
+    compile_model(model, t, -(-len(data.x_train) // t.batch_size))
+    y = keras.utils.to_categorical(data.y_train, 10)
+    trained, first_epoch, reached = 0.0, None, None
+    for epoch in range(t.epochs):
+        started = time.perf_counter()
+        model.fit(data.x_train, y, batch_size=t.batch_size, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        seconds = time.perf_counter() - started
+        first_epoch = seconds if first_epoch is None else first_epoch
+        trained += seconds
+        accuracy = evaluate_model(model, data.x_test, data.y_test, data.class_names)["test_accuracy"]
+        print(f"epoch {epoch + 1}: {seconds:.2f}s, test accuracy {accuracy:.4f}", flush=True)
+        if reached is None and accuracy >= target:
+            reached = trained
+    if reached is None:
+        print(f"P12 did not reach {target:.2%} in {t.epochs} epochs ({trained:.1f}s of training)")
+    else:
+        print(f"P12 reached {target:.2%}: {reached:.1f}s including the first (compiling) epoch, "
+              f"{reached - first_epoch:.1f}s + one compiled epoch excluded ({first_epoch:.1f}s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--projects", nargs="+", default=["p00", "p10", "p12"])
+    parser.add_argument("--images", type=int, default=2048, help="synthetic images per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per repeat (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--time-to-accuracy", action="store_true", help="train P12 on CIFAR-10 instead")
+    parser.add_argument("--target", type=float, default=0.93)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for --time-to-accuracy (e.g. data=tiny)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from cnnlab.train import device_name
+
+    print(f"device: {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
+    if args.time_to_accuracy:
+        time_to_accuracy(args.target, args.overrides)
+        return
+    print(f"{args.images} synthetic images, median of {args.repeats} x {args.epochs} epochs (first epoch excluded)")
+    print("| project | baseline img/s | cnnlab img/s | cnnlab / baseline | cnnlab no-aug img/s | augmentation cost |")
+    print("|---|---|---|---|---|---|")
+    for project in args.projects:
+        r = measure(project, args.images, args.epochs, args.repeats)
+        print(f"| {project.upper()} | {r['baseline']:,.0f} | {r['cnnlab']:,.0f} | {r['cnnlab'] / r['baseline']:.2f}x | "
+              f"{r['cnnlab_no_aug']:,.0f} | {r['cnnlab_no_aug'] / r['cnnlab']:.2f}x step time |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
