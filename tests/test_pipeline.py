@@ -176,7 +176,7 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
             assistant = page.get_by_role("button", name="Close", exact=True)
             if assistant.count():  # MLflow 3's assistant panel covers the right-hand columns
                 assistant.first.click()
-            page.get_by_test_id("column-selection-dropdown").click()
+            page.get_by_role("button", name="Columns", exact=True).click()
             page.get_by_text("test_accuracy", exact=True).first.click()
             page.keyboard.press("Escape")
             page.locator("[role=columnheader]", has_text="test_accuracy").first.wait_for(timeout=30_000)
