@@ -89,3 +89,19 @@ def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
     assert "device: " in done.stdout
     row = next(line for line in done.stdout.splitlines() if line.startswith("| P00 |"))
     assert re.search(r"\| \d+\.\d\dx \|", row), row
+
+
+def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Path, tiny_data_dir: Path) -> None:
+    overrides = " ".join([
+        "data=tiny", f"paths.data={tiny_data_dir}", "training.epochs=1", "tracking.log_model=false",
+        *(f"paths.{key}={tmp_path / key}" for key in ("outputs", "checkpoints")), f"hydra.run.dir={tmp_path / 'run'}"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "project=p01",
+                           "-P", f"overrides={overrides}", "--env-manager", "local", "--experiment-name", "cnnlab"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["project"] == "p01"
+    assert (tmp_path / "outputs" / "p01" / "model.keras").exists()

@@ -73,3 +73,13 @@ def test_mirror_from_environment_replaces_the_official_source(monkeypatch: pytes
     assert (spec.source, spec.md5) == ("/mirror/cifar-10-python.tar.gz", "0" * 32)
     tiny = DataSpec.from_config(compose_config("data=tiny"))
     assert tiny.source == "generated" and tiny.generate
+
+
+def test_a_backend_that_is_not_installed_is_named() -> None:
+    import importlib.util
+
+    missing = next((b for b in ("jax", "torch") if importlib.util.find_spec(b) is None), None)
+    if missing is None:
+        pytest.skip("every backend is installed here")
+    with pytest.raises(ConfigError, match=rf"backend='{missing}'.*not installed"):
+        use_backend(missing)

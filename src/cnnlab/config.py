@@ -3,6 +3,7 @@ applies the Keras backend (it must be set before the first `import keras`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -26,6 +27,8 @@ def use_backend(backend: str) -> None:
     """Select the Keras backend; refuses a backend other than the one already imported."""
     if backend not in BACKENDS:
         _fail("backend", backend, f"one of {', '.join(BACKENDS)}")
+    if importlib.util.find_spec(backend) is None:
+        _fail("backend", backend, f"an installed backend; {backend} is not installed here (pip install {backend})")
     if "keras" in sys.modules:
         import keras
 
