@@ -4,7 +4,7 @@ For each project: images/s of an epoch (median over repeats, the first, compilin
   - baseline: plain Keras - the core model in float32, NumPy arrays scaled to [0, 1], model.fit, the project's
     batch size, no augmentation, one step per execution;
   - cnnlab: the project as cnnlab trains it - raw pixels in, its augmentation layers, its mixed precision,
-    steps_per_execution and jit settings;
+    steps_per_execution and jit settings, batches cut on the device where training.device_data says so;
   - cnnlab without augmentation, to give the augmentation's cost as a ratio of the step time.
 Synthetic images (the speed does not depend on the pixels). The device is printed with the table.
 
@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 
-def epoch_times(model, x, y, batch_size: int, epochs: int) -> list[float]:
-    """Seconds of each epoch after the first."""
+def epoch_times(model, inputs: dict, epochs: int) -> list[float]:
+    """Seconds of each epoch after the first; `inputs` are model.fit's data arguments."""
     import keras
 
     class Clock(keras.callbacks.Callback):
@@ -34,7 +34,7 @@ def epoch_times(model, x, y, batch_size: int, epochs: int) -> list[float]:
             seconds.append(time.perf_counter() - self.t)
 
     seconds: list[float] = []
-    model.fit(x, y, batch_size=batch_size, epochs=epochs + 1, callbacks=[Clock()], verbose=0, shuffle=True)
+    model.fit(**inputs, epochs=epochs + 1, callbacks=[Clock()], verbose=0)
     return seconds[1:]
 
 
@@ -44,7 +44,7 @@ def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, f
     from cnnlab.augment import assemble, build_augmentation
     from cnnlab.models import build_model
     from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model
+    from cnnlab.train import compile_model, fit_inputs
 
     cfg = compose_project([f"project={project}"])
     t = cfg.training
@@ -57,14 +57,14 @@ def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, f
         keras.mixed_precision.set_global_policy("float32")
         plain = build_model(cfg.model)
         plain.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-        rates["baseline"] += [images / s for s in epoch_times(plain, pixels / np.float32(255), labels,
-                                                              t.batch_size, epochs)]
+        plain_inputs = {"x": pixels / np.float32(255), "y": labels, "batch_size": t.batch_size, "shuffle": True}
+        rates["baseline"] += [images / s for s in epoch_times(plain, plain_inputs, epochs)]
         for name, augment in (("cnnlab", True), ("cnnlab_no_aug", False)):
             keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
             layers = build_augmentation(cfg.augmentation.layers if augment else [], pixels / np.float32(255), t.seed)
             model = assemble(build_model(cfg.model), layers)
             compile_model(model, t, steps)
-            rates[name] += [images / s for s in epoch_times(model, pixels, labels, t.batch_size, epochs)]
+            rates[name] += [images / s for s in epoch_times(model, fit_inputs(t, pixels, labels), epochs)]
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -77,7 +77,7 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
     from cnnlab.evaluate import evaluate_model
     from cnnlab.models import build_model
     from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model
+    from cnnlab.train import compile_model, fit_inputs
 
     cfg = compose_project(["project=p12", *overrides])
     t = cfg.training
@@ -87,11 +87,11 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
     model = assemble(build_model(cfg.model),
                      build_augmentation(cfg.augmentation.layers, data.x_train / np.float32(255), t.seed))
     compile_model(model, t, -(-len(data.x_train) // t.batch_size))
-    y = keras.utils.to_categorical(data.y_train, 10)
+    inputs = fit_inputs(t, data.x_train, keras.utils.to_categorical(data.y_train, 10))
     trained, first_epoch, reached = 0.0, None, None
     for epoch in range(t.epochs):
         started = time.perf_counter()
-        model.fit(data.x_train, y, batch_size=t.batch_size, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        model.fit(**inputs, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
         seconds = time.perf_counter() - started
         first_epoch = seconds if first_epoch is None else first_epoch
         trained += seconds

@@ -51,6 +51,8 @@ def test_unknown_group_option_lists_the_available_ones(override: str, option: st
     ("training.optimizer.learning_rate=-1", "training.optimizer.learning_rate", "positive"),
     ("training.mixed_precision=maybe", "training.mixed_precision", "true or false"),
     ("on_finished=overwrite", "on_finished", "new, skip"),
+    ("training.device_data=gpu", "training.device_data", "auto, true or false"),
+    ("training.optimizer.schedule=step", "training.optimizer.schedule", "none or warmup_cosine"),
     ("data.md5=abc", "data.md5", "32 lowercase hex"),
     ("model.layers.0.type=Conv9D", "model.layers.0", "Conv2D"),
 ])

@@ -63,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("training.label_smoothing", t.label_smoothing, "a number in [0, 1)")
     if not isinstance(t.mixed_precision, bool):
         _fail("training.mixed_precision", t.mixed_precision, "true or false")
+    if t.device_data not in ("auto", True, False):
+        _fail("training.device_data", t.device_data, "auto, true or false")
     if t.jit_compile not in ("auto", True, False):
         _fail("training.jit_compile", t.jit_compile, "auto, true or false")
     try:

@@ -80,6 +80,18 @@ def compile_model(model: Any, t: DictConfig, steps_per_epoch: int) -> None:
     )
 
 
+def fit_inputs(t: DictConfig, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """model.fit's data arguments: batches cut on the accelerator (cnnlab.feed) when training.device_data
+    says so (`auto`: on JAX), otherwise the NumPy arrays, shuffled by Keras."""
+    import keras
+
+    if t.device_data is True or (t.device_data == "auto" and keras.backend.backend() == "jax"):
+        from cnnlab.feed import DeviceBatches
+
+        return {"x": DeviceBatches(x, y, t.batch_size, t.seed)}
+    return {"x": x, "y": y, "batch_size": t.batch_size, "shuffle": True}
+
+
 def make_callbacks(cfg: DictConfig, backup_dir: Path) -> list[Any]:
     """Backup for resuming, then per-epoch MLflow logging (so a logged epoch is always backed up), a best-model
     checkpoint outside outputs/, NaN termination and early stopping."""
@@ -149,8 +161,10 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         mlflow.set_tag("params", str(core.count_params()))
         model = assemble(core, build_augmentation(cfg.augmentation.layers, x_fit / np.float32(255), t.seed))
         compile_model(model, t, steps_per_epoch=-(-len(x_fit) // t.batch_size))
-        fitted = model.fit(x_fit, y_fit, batch_size=t.batch_size, epochs=t.epochs, validation_data=validation,
-                           callbacks=make_callbacks(cfg, state.backup_dir), shuffle=True, verbose=2).history
+        inputs = fit_inputs(t, x_fit, y_fit)
+        mlflow.set_tag("device_data", str("y" not in inputs).lower())
+        fitted = model.fit(**inputs, epochs=t.epochs, validation_data=validation,
+                           callbacks=make_callbacks(cfg, state.backup_dir), verbose=2).history
         if fitted.get("loss") and not np.isfinite(fitted["loss"][-1]):
             raise TrainingDiverged(f"{project}: the loss became {fitted['loss'][-1]} in epoch {len(fitted['loss'])} "
                                    f"of this session; try a lower training.optimizer.learning_rate "

@@ -1,0 +1,56 @@
+"""Batches cut on the device (cnnlab.feed) cover every example once per epoch, keep labels with their images,
+and reshuffle between epochs; on JAX a real training run uses them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cnnlab.feed import DeviceBatches
+from tests.conftest import ROOT
+
+
+def epoch(batches: DeviceBatches) -> tuple[np.ndarray, np.ndarray]:
+    parts = [batches[i] for i in range(len(batches))]
+    return (np.concatenate([keras.ops.convert_to_numpy(x) for x, _ in parts]),
+            np.concatenate([keras.ops.convert_to_numpy(y) for _, y in parts]))
+
+
+def test_every_example_once_per_epoch_with_its_label_and_a_new_order_each_epoch() -> None:
+    x = np.arange(23 * 2 * 2 * 3, dtype=np.uint8).reshape(23, 2, 2, 3)
+    y = np.arange(23, dtype=np.float32)[:, None]
+    batches = DeviceBatches(x, y, batch_size=5, seed=0)
+    assert len(batches) == 5 and keras.ops.shape(batches[4][0])[0] == 3
+    first_x, first_y = epoch(batches)
+    assert sorted(first_y[:, 0].tolist()) == list(range(23))
+    np.testing.assert_array_equal(first_x, x[first_y[:, 0].astype(int)])
+    batches.on_epoch_end()
+    second_x, second_y = epoch(batches)
+    assert sorted(second_y[:, 0].tolist()) == list(range(23)) and not np.array_equal(first_y, second_y)
+    np.testing.assert_array_equal(second_x, x[second_y[:, 0].astype(int)])
+
+
+@pytest.mark.slow
+def test_training_on_jax_cuts_batches_on_the_device(tmp_path: Path, tiny_data_dir: Path) -> None:
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[dev]' installs it)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab.train", "project=p08", "data=tiny", "training.epochs=2",
+         f"paths.data={tiny_data_dir}", f"paths.outputs={tmp_path / 'outputs'}",
+         f"paths.checkpoints={tmp_path / 'checkpoints'}", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
+    assert run.data.tags["keras_backend"] == "jax" and run.data.tags["device_data"] == "true"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
+    assert (tmp_path / "outputs" / "p08" / "model.keras").exists()
