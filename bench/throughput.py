@@ -9,6 +9,7 @@ For each project: images/s of an epoch (median over repeats, the first, compilin
 Synthetic images (the speed does not depend on the pixels). The device is printed with the table.
 
     python bench/throughput.py --projects p00 p10 p12 --images 2048 --epochs 3 --repeats 3
+    python bench/throughput.py --breakdown p11                       # each augmentation layer's cost
     python bench/throughput.py --time-to-accuracy --target 0.93      # P12 on CIFAR-10 (a GPU job)
 """
 
@@ -68,6 +69,35 @@ def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, f
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int) -> None:
+    """The step-time cost of each augmentation layer of `project` alone, against no augmentation."""
+    import keras
+
+    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.models import build_model
+    from cnnlab.pipeline import compose_project
+    from cnnlab.train import compile_model, fit_inputs
+
+    cfg = compose_project([f"project={project}"])
+    t = cfg.training
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
+    labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+    variants = [("none", [])] + [(spec.type, [spec]) for spec in cfg.augmentation.layers]
+    seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+    for _ in range(repeats):
+        for name, specs in variants:
+            model = assemble(build_model(cfg.model), build_augmentation(specs, pixels / np.float32(255), t.seed))
+            compile_model(model, t, -(-images // t.batch_size))
+            seconds[name] += epoch_times(model, fit_inputs(t, pixels, labels), epochs)
+    base = statistics.median(seconds["none"])
+    print(f"| {project.upper()} augmentation layer | step time vs none |")
+    print("|---|---|")
+    for name, _ in variants[1:]:
+        print(f"| {name} | {statistics.median(seconds[name]) / base:.2f}x |", flush=True)
+
+
 def time_to_accuracy(target: float, overrides: list[str]) -> None:
     """Train P12 on the configured CIFAR-10 and report when test accuracy first reaches `target`."""
     import keras
@@ -113,6 +143,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per repeat (after one warm-up)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-to-accuracy", action="store_true", help="train P12 on CIFAR-10 instead")
+    parser.add_argument("--breakdown", metavar="PROJECT", help="cost of each augmentation layer of PROJECT alone")
     parser.add_argument("--target", type=float, default=0.93)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for --time-to-accuracy (e.g. data=tiny)")
     args = parser.parse_args()
@@ -124,6 +155,9 @@ def main() -> None:
     print(f"device: {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
     if args.time_to_accuracy:
         time_to_accuracy(args.target, args.overrides)
+        return
+    if args.breakdown:
+        augmentation_breakdown(args.breakdown, args.images, args.epochs, args.repeats)
         return
     print(f"{args.images} synthetic images, median of {args.repeats} x {args.epochs} epochs (first epoch excluded)")
     print("| project | baseline img/s | cnnlab img/s | cnnlab / baseline | cnnlab no-aug img/s | augmentation cost |")

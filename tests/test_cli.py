@@ -97,6 +97,8 @@ def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Pat
         *(f"paths.{key}={tmp_path / key}" for key in ("outputs", "checkpoints")), f"hydra.run.dir={tmp_path / 'run'}"])
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # `mlflow run` creates the experiment itself; made here first so its artifacts stay in tmp_path
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).create_experiment("cnnlab", (tmp_path / "mlruns").as_uri())
     done = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "project=p01",
                            "-P", f"overrides={overrides}", "--env-manager", "local", "--experiment-name", "cnnlab"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -38,6 +38,7 @@ def test_train_writes_outputs_and_a_complete_mlflow_run(trained, workdir: Path) 
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((workdir / "mlruns").as_uri()), "artifacts go beside the store"
     params, tags = run.data.params, run.data.tags
     assert params["model.layers.0.filters"] == "32" and params["model.layers.3.units"] == "32"
     assert params["training.batch_size"] == "64" and params["project.id"] == "p00"

@@ -58,8 +58,18 @@ def configure(cfg: DictConfig) -> str:
     Creating the store and experiment under a lock keeps parallel jobs from racing to create them."""
     mlflow.set_tracking_uri(cfg.tracking.uri)
     with store_lock(cfg.tracking.uri):
+        if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(cfg.tracking.uri))
         experiment = mlflow.set_experiment(cfg.tracking.experiment)
     return experiment.experiment_id
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store go to `mlruns/` beside its file (MLflow's default is `./mlruns` in
+    whatever folder the first run started from); other stores decide for themselves."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
