@@ -39,58 +39,60 @@ def epoch_times(model, inputs: dict, epochs: int) -> list[float]:
     return seconds[1:]
 
 
+def synthetic(images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 pixels and one-hot labels (the speed does not depend on the pixels)."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
+    return pixels, keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+
+
+def cnnlab_seconds(cfg, augmentation, pixels: np.ndarray, labels: np.ndarray, epochs: int) -> list[float]:
+    """Epoch times of the project as cnnlab trains it, with the given augmentation layer specs."""
+    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.models import build_model
+    from cnnlab.train import compile_model, fit_inputs, use_precision
+
+    t = cfg.training
+    use_precision(t)
+    model = assemble(build_model(cfg.model), build_augmentation(augmentation, pixels / np.float32(255), t.seed))
+    compile_model(model, t, len(pixels))
+    return epoch_times(model, fit_inputs(t, pixels, labels), epochs)
+
+
 def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, float]:
     import keras
 
-    from cnnlab.augment import assemble, build_augmentation
     from cnnlab.models import build_model
     from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model, fit_inputs
 
     cfg = compose_project([f"project={project}"])
-    t = cfg.training
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
-    labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
-    steps = -(-images // t.batch_size)
-    rates: dict[str, list[float]] = {"baseline": [], "cnnlab": [], "cnnlab_no_aug": []}
+    pixels, labels = synthetic(images)
+    plain_inputs = {"x": pixels / np.float32(255), "y": labels, "batch_size": cfg.training.batch_size,
+                    "shuffle": True}
+    seconds: dict[str, list[float]] = {"baseline": [], "cnnlab": [], "cnnlab_no_aug": []}
     for _ in range(repeats):
         keras.mixed_precision.set_global_policy("float32")
         plain = build_model(cfg.model)
         plain.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-        plain_inputs = {"x": pixels / np.float32(255), "y": labels, "batch_size": t.batch_size, "shuffle": True}
-        rates["baseline"] += [images / s for s in epoch_times(plain, plain_inputs, epochs)]
-        for name, augment in (("cnnlab", True), ("cnnlab_no_aug", False)):
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
-            layers = build_augmentation(cfg.augmentation.layers if augment else [], pixels / np.float32(255), t.seed)
-            model = assemble(build_model(cfg.model), layers)
-            compile_model(model, t, steps)
-            rates[name] += [images / s for s in epoch_times(model, fit_inputs(t, pixels, labels), epochs)]
-    return {name: statistics.median(values) for name, values in rates.items()}
+        seconds["baseline"] += epoch_times(plain, plain_inputs, epochs)
+        seconds["cnnlab"] += cnnlab_seconds(cfg, cfg.augmentation.layers, pixels, labels, epochs)
+        seconds["cnnlab_no_aug"] += cnnlab_seconds(cfg, [], pixels, labels, epochs)
+    return {name: images / statistics.median(values) for name, values in seconds.items()}
 
 
 def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int) -> None:
     """The step-time cost of each augmentation layer of `project` alone, against no augmentation."""
-    import keras
-
-    from cnnlab.augment import assemble, build_augmentation
-    from cnnlab.models import build_model
     from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model, fit_inputs
 
     cfg = compose_project([f"project={project}"])
-    t = cfg.training
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
-    labels = keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+    pixels, labels = synthetic(images)
     variants = [("none", [])] + [(spec.type, [spec]) for spec in cfg.augmentation.layers]
     seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
     for _ in range(repeats):
         for name, specs in variants:
-            model = assemble(build_model(cfg.model), build_augmentation(specs, pixels / np.float32(255), t.seed))
-            compile_model(model, t, -(-images // t.batch_size))
-            seconds[name] += epoch_times(model, fit_inputs(t, pixels, labels), epochs)
+            seconds[name] += cnnlab_seconds(cfg, specs, pixels, labels, epochs)
     base = statistics.median(seconds["none"])
     print(f"| {project.upper()} augmentation layer | step time vs none |")
     print("|---|---|")
@@ -107,16 +109,16 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
     from cnnlab.evaluate import evaluate_model
     from cnnlab.models import build_model
     from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model, fit_inputs
+    from cnnlab.train import compile_model, fit_inputs, use_precision
 
     cfg = compose_project(["project=p12", *overrides])
     t = cfg.training
     data = load(DataSpec.from_config(cfg))
     keras.utils.set_random_seed(t.seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+    use_precision(t)
     model = assemble(build_model(cfg.model),
                      build_augmentation(cfg.augmentation.layers, data.x_train / np.float32(255), t.seed))
-    compile_model(model, t, -(-len(data.x_train) // t.batch_size))
+    compile_model(model, t, len(data.x_train))
     inputs = fit_inputs(t, data.x_train, keras.utils.to_categorical(data.y_train, 10))
     trained, first_epoch, reached = 0.0, None, None
     for epoch in range(t.epochs):

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from cnnlab.resume import result_settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 COMPOSED = Path("composed")
@@ -49,14 +51,6 @@ def overrides_for(params: dict[str, Any], project: str | None = None) -> list[st
     return overrides
 
 
-def composed_config(params: dict[str, Any], project: str) -> dict[str, Any]:
-    """What decides a project's result: its resolved config, without per-machine paths and tracking."""
-    cfg = OmegaConf.to_container(compose_project(overrides_for(params, project)), resolve=True)
-    for key in ("paths", "tracking", "mirror", "on_finished"):
-        cfg.pop(key, None)
-    return cfg
-
-
 def run_module(module: str, overrides: list[str], stage: str) -> None:
     """Replace this process by `python -m module overrides...`, tagged with its DVC stage."""
     os.environ["DVC_STAGE"] = stage
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         for stale in set(COMPOSED.glob("*.yaml")) - {COMPOSED / f"{p}.yaml" for p in params["projects"]}:
             stale.unlink()
         for project in params["projects"]:
-            text = yaml.safe_dump(composed_config(params, project), sort_keys=False)
+            text = yaml.safe_dump(result_settings(compose_project(overrides_for(params, project))), sort_keys=False)
             (COMPOSED / f"{project}.yaml").write_text(text)
     else:
         from cnnlab.data import DataSpec, fetch, prepare

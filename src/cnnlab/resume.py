@@ -11,18 +11,25 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of what decides the training result (not where files go or how it is tracked)."""
+def result_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without what cannot change the trained model: where files go, how the run is
+    tracked, where the data is fetched from, what to do with a finished run."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("paths", "tracking", "on_finished", "mirror"):
         plain.pop(key, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+    return plain
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of what decides the training result."""
+    return hashlib.sha256(json.dumps(result_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ResumeState:

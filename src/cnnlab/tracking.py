@@ -31,15 +31,22 @@ class SweepFailed(SystemExit):
     because Hydra turns a callback's ordinary exceptions into warnings."""
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local `sqlite:///` store; None for any other store."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise the opening of a local sqlite store across processes: MLflow creates and migrates the tables
     on first open, and two processes doing that at once fail ("table ... already exists", mlflow#4123)."""
-    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if path is None or path == ":memory:":
+    path = _sqlite_file(uri)
+    if path is None:
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=300):
         yield
 
@@ -67,9 +74,8 @@ def configure(cfg: DictConfig) -> str:
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a local sqlite store go to `mlruns/` beside its file (MLflow's default is `./mlruns` in
     whatever folder the first run started from); other stores decide for themselves."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    path = _sqlite_file(uri)
+    return None if path is None else (path.resolve().parent / "mlruns").as_uri()
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -143,7 +149,7 @@ def metric_history(run_id: str, keys: list[str]) -> dict[str, list[float]]:
 def record_failure(err: BaseException) -> None:
     """Error text as a tag (short) and an artifact (full traceback) of the active run."""
     text = "".join(traceback.format_exception(err))
-    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] or type(err).__name__)
+    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
     mlflow.log_text(text, "error.txt")
 
 

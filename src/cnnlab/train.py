@@ -68,11 +68,19 @@ def make_optimizer(opt: DictConfig, steps_per_epoch: int, epochs: int) -> Any:
     return keras.optimizers.get({"class_name": opt.name, "config": settings})
 
 
-def compile_model(model: Any, t: DictConfig, steps_per_epoch: int) -> None:
+def use_precision(t: DictConfig) -> None:
+    """The global dtype policy for models built next: mixed_bfloat16 when training.mixed_precision is on."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+
+
+def compile_model(model: Any, t: DictConfig, examples: int) -> None:
+    """Compile for training on `examples` images per epoch (the learning-rate schedule counts steps)."""
     import keras
 
     model.compile(
-        optimizer=make_optimizer(t.optimizer, steps_per_epoch, t.epochs),
+        optimizer=make_optimizer(t.optimizer, -(-examples // t.batch_size), t.epochs),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=t.steps_per_execution,
@@ -142,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     t = cfg.training
     data = load(DataSpec.from_config(cfg))
     keras.utils.set_random_seed(t.seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+    use_precision(t)
     n_fit = len(data.x_train) - int(len(data.x_train) * t.validation_split)
     x_fit, y_fit = data.x_train[:n_fit], keras.utils.to_categorical(data.y_train[:n_fit], 10)
     validation = None
@@ -160,7 +168,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         core = build_model(cfg.model)
         mlflow.set_tag("params", str(core.count_params()))
         model = assemble(core, build_augmentation(cfg.augmentation.layers, x_fit / np.float32(255), t.seed))
-        compile_model(model, t, steps_per_epoch=-(-len(x_fit) // t.batch_size))
+        compile_model(model, t, len(x_fit))
         inputs = fit_inputs(t, x_fit, y_fit)
         mlflow.set_tag("device_data", str("y" not in inputs).lower())
         fitted = model.fit(**inputs, epochs=t.epochs, validation_data=validation,
