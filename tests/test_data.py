@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import pickle
 import tarfile
 import threading
@@ -119,3 +120,120 @@ def test_pickles_that_would_run_code_are_refused(tmp_path: Path) -> None:
             tar.addfile(info, io.BytesIO(payload))
     with pytest.raises(DataError, match=r"refusing to unpickle builtins\.print"):
         prepare(spec_for(path, file_digest(path), tmp_path / "root"))
+
+
+def test_an_unreadable_info_json_is_rebuilt(archive: Path, tmp_path: Path) -> None:
+    spec = spec_for(archive, file_digest(archive), tmp_path)
+    first = load(spec)
+    (spec.prepared_dir / "info.json").write_text('{"name": "cifar10", "sha2')  # cut short by a crash
+    again = load(spec)
+    assert again.checksum == first.checksum
+    assert json.loads((spec.prepared_dir / "info.json").read_text())["sha256"] == first.checksum
+
+
+def test_prepared_data_made_with_other_settings_is_rebuilt_not_reused(tmp_path: Path) -> None:
+    small = DataSpec("tiny", "generated", None, "cifar-10-python.tar.gz", tmp_path,
+                     generate={"train_per_batch": 10, "test": 20, "seed": 0})
+    assert load(small).x_train.shape[0] == 50
+    bigger = DataSpec("tiny", "generated", None, "cifar-10-python.tar.gz", tmp_path,
+                      generate={"train_per_batch": 12, "test": 20, "seed": 0})
+    assert load(bigger).x_train.shape[0] == 60
+    assert load(small).x_train.shape[0] == 50, "and back again"
+
+
+def test_preparing_twice_gives_identical_bytes(archive: Path, tmp_path: Path) -> None:
+    one, two = (spec_for(archive, file_digest(archive), tmp_path / name) for name in ("one", "two"))
+    assert load(one).checksum == load(two).checksum, "DVC must see an unchanged output when prepare reruns"
+
+
+def _load_in_process(root: str) -> tuple[str, list[str]]:
+    """load() in a fresh process; returns the checksum and the data module's build messages."""
+    import logging
+
+    built: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(("generated", "prepared")):
+                built.append(record.getMessage().split()[0])
+
+    logging.getLogger("cnnlab.data").addHandler(Collect())
+    logging.getLogger("cnnlab.data").setLevel(logging.INFO)
+    spec = DataSpec("tiny", "generated", None, "cifar-10-python.tar.gz", Path(root),
+                    generate={"train_per_batch": 40, "test": 40, "seed": 1})
+    return load(spec).checksum, built
+
+
+def test_processes_loading_at_once_build_the_data_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        done = pool.map(_load_in_process, [str(tmp_path)] * 4)
+    assert len({checksum for checksum, _ in done}) == 1
+    assert sorted(message for _, built in done for message in built) == ["generated", "prepared"]
+    assert [p.name for p in tmp_path.rglob("*") if p.name.endswith(".partial")] == []
+    assert _load_in_process(str(tmp_path)) == (done[0][0], []), "ready data is loaded, not built again"
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def test_an_archive_with_a_path_traversal_member_is_refused(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "evil.tar.gz", {"cifar-10-batches-py/data_batch_1": b"x", "../../x": b"owned"})
+    spec = DataSpec("cifar10", str(archive), file_digest(archive), "cifar-10-python.tar.gz", tmp_path / "root")
+    with pytest.raises(DataError, match=r"refusing unsafe archive member '\.\./\.\./x'"):
+        prepare(spec)
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_a_corrupt_prepared_file_is_detected_and_rebuilt(tmp_path: Path) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    synth.write_archive(archive, train_per_batch=10, test=10)
+    spec = DataSpec("cifar10", str(archive), file_digest(archive), archive.name, tmp_path / "root")
+    good = load(spec)
+    arrays = spec.prepared_dir / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-100] + b"\0" * 100)
+    again = load(spec)
+    assert again.checksum == good.checksum and (again.x_train == good.x_train).all()
+
+
+def test_a_truncated_download_is_retried_then_named_with_both_checksums(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    synth.write_archive(archive, train_per_batch=10, test=10)
+    payload, served = archive.read_bytes(), []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = payload[: len(payload) // 2] if len(served) < 1 else payload
+            served.append(len(body))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    try:
+        spec = DataSpec("cifar10", url, file_digest(archive), archive.name, tmp_path / "ok", retries=2)
+        assert load(spec).x_train.shape[0] == 50 and served == [len(payload) // 2, len(payload)]
+        served.clear()
+        wrong = DataSpec("cifar10", url, "f" * 32, archive.name, tmp_path / "bad", retries=2)
+        with pytest.raises(DataError, match=rf"{url}: expected md5 f{{32}}, got {file_digest(archive)}.*2 attempt"):
+            load(wrong)
+        assert len(served) == 2
+        assert not any((tmp_path / "bad" / "raw" / "cifar10").iterdir())
+    finally:
+        server.shutdown()

@@ -1,27 +1,32 @@
-"""CIFAR-10 on disk: fetch the archive (download or copy a mirror, checksummed, atomic), prepare it once into
-a compact .npz of uint8 arrays, load it. Nothing is fetched when prepared data exists; a corrupt archive is
-never parsed, and the archive is read member by member, never extracted onto the disk."""
+"""CIFAR-10 on disk: fetch the archive (download or copy a mirror, checksummed), prepare it once into a compact
+.npz of uint8 arrays, load it. Safe for many processes at once: building happens under one file lock per data
+set, every file is written under a unique temporary name and renamed into place, and the prepared data
+records what it was made from, so data made with other settings is rebuilt, never silently reused. Nothing is
+fetched when valid prepared data exists; a corrupt archive is never parsed, and the archive is read member by
+member, never extracted onto the disk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import pickle
 import shutil
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from tqdm import tqdm
 
 from cnnlab import synth
+from cnnlab.files import atomic_write, remove_partials, temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +57,9 @@ class DataSpec:
     def from_config(cls, cfg: Any) -> DataSpec:
         """From the composed config: `data`, `paths.data`, and `mirror` (used for downloaded data only)."""
         data = cfg.data
-        source, md5 = data.source, data.md5
-        if data.generate is None and cfg.mirror.source:
-            source, md5 = cfg.mirror.source, cfg.mirror.md5
+        source = cfg.mirror.source if data.generate is None and cfg.mirror.source else data.source
         generate = dict(data.generate) if data.generate is not None else None
-        return cls(data.name, str(source), md5, data.archive, Path(cfg.paths.data),
+        return cls(data.name, str(source), data_md5(cfg), data.archive, Path(cfg.paths.data),
                    int(data.download_retries), generate)
 
     @property
@@ -66,6 +69,24 @@ class DataSpec:
     @property
     def prepared_dir(self) -> Path:
         return self.root / "prepared" / self.name
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What prepared data must have been made from to be this data set."""
+        return {"name": self.name, "md5": self.md5, "generate": self.generate}
+
+    def lock(self) -> FileLock:
+        """The inter-process lock under which this data set is fetched and prepared."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.root / f".{self.name}.lock")
+
+
+def data_md5(cfg: Any) -> str | None:
+    """The md5 the archive must have: the mirror's when a mirror replaces a downloaded data set; None for
+    generated data (its archive is checked against the md5 recorded when it was made)."""
+    if cfg.data.generate is not None:
+        return None
+    return cfg.mirror.md5 if cfg.mirror.source else cfg.data.md5
 
 
 @dataclass(frozen=True)
@@ -81,11 +102,8 @@ class Dataset:
 
 
 def file_digest(path: Path, algorithm: str = "md5") -> str:
-    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def _is_url(source: str) -> bool:
@@ -109,9 +127,15 @@ def _copy_local(source: Path, target: Path) -> None:
 
 
 def fetch(spec: DataSpec) -> Path:
-    """The verified archive at `spec.archive_path`, fetched only when missing or corrupt."""
+    """The verified archive at `spec.archive_path`, fetched only when missing, corrupt or made otherwise."""
+    with spec.lock():
+        return _fetch(spec)
+
+
+def _fetch(spec: DataSpec) -> Path:
     target = spec.archive_path
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partials(target.parent, target.name)
     if spec.generate is not None:
         return _generate(spec)
     if target.exists():
@@ -120,7 +144,7 @@ def fetch(spec: DataSpec) -> Path:
             return target
         log.warning("%s has md5 %s, expected %s: fetching it again", target, actual, spec.md5)
         target.unlink()
-    partial = target.with_name(target.name + ".part")
+    partial = temporary_beside(target)
     error = ""
     for attempt in range(1, spec.retries + 1):
         try:
@@ -134,7 +158,7 @@ def fetch(spec: DataSpec) -> Path:
         else:
             actual = file_digest(partial)
             if actual == spec.md5:
-                os.replace(partial, target)
+                partial.replace(target)
                 log.info("fetched %s (md5 %s)", target, actual)
                 return target
             partial.unlink()
@@ -147,15 +171,29 @@ def fetch(spec: DataSpec) -> Path:
 
 
 def _generate(spec: DataSpec) -> Path:
-    """Write the synthetic archive once; its md5 sidecar detects later corruption."""
-    target, sidecar = spec.archive_path, spec.archive_path.with_suffix(".md5")
-    if target.exists() and sidecar.exists() and file_digest(target) == sidecar.read_text().strip():
+    """Write the synthetic archive once per settings; its sidecar (md5 and settings) detects corruption and
+    changed settings."""
+    target = spec.archive_path
+    sidecar = target.with_name(target.name + ".json")
+    made = _read_json(sidecar)
+    if target.exists() and made == {"md5": file_digest(target), "generate": spec.generate}:
         return target
-    partial = target.with_name(target.name + ".part")
+    partial = temporary_beside(target)
     synth.write_archive(partial, **spec.generate)
-    sidecar.write_text(file_digest(partial) + "\n")
-    os.replace(partial, target)
+    atomic_write(sidecar, json.dumps({"md5": file_digest(partial), "generate": spec.generate}) + "\n")
+    partial.replace(target)
+    log.info("generated %s with %s", target, spec.generate)
     return target
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing or unreadable (then whatever it describes is
+    rebuilt)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -198,15 +236,39 @@ def _images(batch: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's layout with fixed member dates, so the same arrays always give the same bytes (a rerun of
+    DVC's prepare stage then changes nothing downstream)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+
+
+def _prepared(spec: DataSpec) -> dict[str, Any] | None:
+    """The prepared data's info when it is complete, intact and made from this data set; otherwise None."""
+    info = _read_json(spec.prepared_dir / "info.json")
+    arrays = spec.prepared_dir / "arrays.npz"
+    if info is None or info.get("made_from") != spec.identity or not arrays.exists():
+        return None
+    if file_digest(arrays, "sha256") != info.get("sha256"):
+        log.warning("%s does not match the checksum in its info.json: preparing it again", arrays)
+        return None
+    return info
+
+
 def prepare(spec: DataSpec) -> Path:
-    """Convert the archive once into `prepared/<name>/arrays.npz` plus `info.json` (counts, checksums)."""
-    arrays, info_path = spec.prepared_dir / "arrays.npz", spec.prepared_dir / "info.json"
-    if arrays.exists() and info_path.exists():
-        info = json.loads(info_path.read_text())
-        if file_digest(arrays, "sha256") == info.get("sha256"):
-            return arrays
-        log.warning("%s does not match the checksum in %s: preparing it again", arrays, info_path)
-    archive = fetch(spec)
+    """Convert the archive once into `prepared/<name>/arrays.npz` plus `info.json` (counts, checksums and the
+    settings it was made from)."""
+    with spec.lock():
+        if _prepared(spec) is None:
+            _prepare(spec)
+    return spec.prepared_dir / "arrays.npz"
+
+
+def _prepare(spec: DataSpec) -> None:
+    archive = _fetch(spec)
     with tarfile.open(archive, "r:gz") as tar:
         _check_members(tar)
         train = [_images(_read_member(tar, b), b) for b in TRAIN_BATCHES]
@@ -215,22 +277,32 @@ def prepare(spec: DataSpec) -> Path:
     class_names = [n.decode() if isinstance(n, bytes) else n for n in meta["label_names"]]
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    spec.prepared_dir.mkdir(parents=True, exist_ok=True)
-    partial = arrays.with_name("arrays.part.npz")
-    np.savez(partial, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    folder = spec.prepared_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("arrays.npz", "info.json"):
+        remove_partials(folder, name)
+    arrays = folder / "arrays.npz"
+    partial = temporary_beside(arrays)
+    _write_npz(partial, {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
     info = {
         "name": spec.name, "train": len(x_train), "test": len(x_test), "class_names": class_names,
-        "archive_md5": file_digest(archive), "sha256": file_digest(partial, "sha256"),
+        "archive_md5": file_digest(archive), "sha256": file_digest(partial, "sha256"), "made_from": spec.identity,
     }
-    os.replace(partial, arrays)
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    (folder / "info.json").unlink(missing_ok=True)  # never an info.json beside arrays it does not describe
+    partial.replace(arrays)
+    atomic_write(folder / "info.json", json.dumps(info, indent=2) + "\n")
     log.info("prepared %s: %d train, %d test images", arrays, len(x_train), len(x_test))
-    return arrays
 
 
 def load(spec: DataSpec) -> Dataset:
-    """Prepared arrays (fetching and preparing first when needed)."""
-    arrays = prepare(spec)
-    info = json.loads((spec.prepared_dir / "info.json").read_text())
-    with np.load(arrays) as d:
-        return Dataset(d["x_train"], d["y_train"], d["x_test"], d["y_test"], info["class_names"], info["sha256"])
+    """Prepared arrays, fetched and prepared first when missing, damaged or made from other settings (by one
+    process; the others wait for it)."""
+    if _prepared(spec) is None:
+        prepare(spec)
+    info = _prepared(spec)
+    if info is None:
+        raise DataError(f"{spec.prepared_dir} changed while it was being loaded (another process preparing "
+                        f"{spec.name} with other settings?); try again")
+    with np.load(spec.prepared_dir / "arrays.npz") as d:
+        arrays = {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    return Dataset(**arrays, class_names=info["class_names"], checksum=info["sha256"])
