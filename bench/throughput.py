@@ -50,24 +50,19 @@ def synthetic(images: int) -> tuple[np.ndarray, np.ndarray]:
 
 def cnnlab_seconds(cfg, augmentation, pixels: np.ndarray, labels: np.ndarray, epochs: int) -> list[float]:
     """Epoch times of the project as cnnlab trains it, with the given augmentation layer specs."""
-    from cnnlab.augment import assemble, build_augmentation
-    from cnnlab.models import build_model
-    from cnnlab.train import compile_model, fit_inputs, use_precision
+    from cnnlab.fitting import build_trainable, fit_inputs
 
-    t = cfg.training
-    use_precision(t)
-    model = assemble(build_model(cfg.model), build_augmentation(augmentation, pixels / np.float32(255), t.seed))
-    compile_model(model, t, len(pixels))
-    return epoch_times(model, fit_inputs(t, pixels, labels), epochs)
+    model, _ = build_trainable(cfg, pixels, augmentation)
+    return epoch_times(model, fit_inputs(cfg.training, pixels, labels), epochs)
 
 
 def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, float]:
     import keras
 
+    from cnnlab.config import compose
     from cnnlab.models import build_model
-    from cnnlab.pipeline import compose_project
 
-    cfg = compose_project([f"project={project}"])
+    cfg = compose([f"project={project}"])
     pixels, labels = synthetic(images)
     plain_inputs = {"x": pixels / np.float32(255), "y": labels, "batch_size": cfg.training.batch_size,
                     "shuffle": True}
@@ -84,9 +79,9 @@ def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, f
 
 def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int) -> None:
     """The step-time cost of each augmentation layer of `project` alone, against no augmentation."""
-    from cnnlab.pipeline import compose_project
+    from cnnlab.config import compose
 
-    cfg = compose_project([f"project={project}"])
+    cfg = compose([f"project={project}"])
     pixels, labels = synthetic(images)
     variants = [("none", [])] + [(spec.type, [spec]) for spec in cfg.augmentation.layers]
     seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
@@ -104,22 +99,19 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
     """Train P12 on the configured CIFAR-10 and report when test accuracy first reaches `target`."""
     import keras
 
-    from cnnlab.augment import assemble, build_augmentation
+    from cnnlab.config import compose
     from cnnlab.data import DataSpec, load
     from cnnlab.evaluate import evaluate_model
-    from cnnlab.models import build_model
-    from cnnlab.pipeline import compose_project
-    from cnnlab.train import compile_model, fit_inputs, use_precision
+    from cnnlab.fitting import build_trainable, fit_inputs
+    from cnnlab.train import split
 
-    cfg = compose_project(["project=p12", *overrides])
+    cfg = compose(["project=p12", *overrides])
     t = cfg.training
     data = load(DataSpec.from_config(cfg))
     keras.utils.set_random_seed(t.seed)
-    use_precision(t)
-    model = assemble(build_model(cfg.model),
-                     build_augmentation(cfg.augmentation.layers, data.x_train / np.float32(255), t.seed))
-    compile_model(model, t, len(data.x_train))
-    inputs = fit_inputs(t, data.x_train, keras.utils.to_categorical(data.y_train, 10))
+    x_fit, y_fit, _ = split(data, t.validation_split)
+    model, _ = build_trainable(cfg, x_fit)
+    inputs = fit_inputs(t, x_fit, y_fit)
     trained, first_epoch, reached = 0.0, None, None
     for epoch in range(t.epochs):
         started = time.perf_counter()

@@ -1,26 +1,36 @@
 """Shared fixtures: configs composed with Hydra's compose API from the real conf/ tree, pointed at a
-temporary folder (data, outputs, MLflow sqlite store), on the tiny synthetic data set."""
+temporary folder (data, runs, state, outputs, MLflow sqlite store), on the tiny synthetic data set, and the
+command line of a real training process with the same folders."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from cnnlab.config import compose  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+PATHS = ("runs", "checkpoints", "outputs", "metrics", "plots")
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
+
+
+def folders(workdir: Path, data_dir: Path) -> list[str]:
+    """Overrides that put every file of a job under `workdir` (the data under `data_dir`)."""
+    return [f"paths.data={data_dir}", *(f"paths.{key}={workdir / key}" for key in PATHS),
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"]
 
 
 @pytest.fixture(scope="session")
@@ -36,18 +46,27 @@ def workdir(tmp_path: Path, tiny_data_dir: Path) -> Path:
 
 @pytest.fixture
 def make_cfg(workdir: Path, tiny_data_dir: Path) -> Callable[..., DictConfig]:
-    """compose(overrides) on tiny data with outputs and a fresh MLflow store in this test's folder."""
+    """compose(overrides) on tiny data with every folder and a fresh MLflow store in this test's folder."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(
-            "data=tiny",
-            f"paths.data={tiny_data_dir}",
-            f"paths.outputs={workdir / 'outputs'}",
-            f"paths.checkpoints={workdir / 'checkpoints'}",
-            f"paths.metrics={workdir / 'metrics'}",
-            f"paths.plots={workdir / 'plots'}",
-            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-            *overrides,
-        )
+        return compose_config("data=tiny", *folders(workdir, tiny_data_dir), *overrides)
 
     return make
+
+
+def job_command(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    """`python -m <module>` on tiny data with every folder (and Hydra's) under `workdir`."""
+    return [sys.executable, "-m", module, *(["-m"] if multirun else []), "data=tiny", *folders(workdir, data_dir),
+            f"hydra.run.dir={workdir / 'hydra'}", f"hydra.sweep.dir={workdir / 'sweep'}", *overrides]
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_job(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False,
+            env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(job_command(module, workdir, data_dir, *overrides, multirun=multirun), cwd=ROOT,
+                          env=env or job_env(), capture_output=True, text=True, timeout=timeout)

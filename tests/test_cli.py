@@ -1,7 +1,9 @@
-"""The command lines users type: Hydra multirun sweeps with an MLflow parent run, and failures inside them."""
+"""The command lines users type: Hydra multirun sweeps with an MLflow parent run (in parallel too), failures and
+Ctrl-C inside them, re-evaluation, the benchmark and the MLproject entry point."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,19 +13,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from cnnlab.faults import ENV as FAILPOINT
+from tests.conftest import ROOT, job_env, run_job
 
 pytestmark = pytest.mark.slow
 
 
-def run_cli(module: str, workdir: Path, data_dir: Path, *overrides: str,
-            multirun: bool = False) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", module, *(["-m"] if multirun else []), "data=tiny", f"paths.data={data_dir}",
-            *(f"paths.{key}={workdir / key}" for key in ("outputs", "checkpoints", "metrics", "plots")),
-            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"hydra.sweep.dir={workdir / 'sweep'}",
-            f"hydra.run.dir={workdir / 'run'}", "tracking.log_model=false", *overrides]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def run_cli(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_job(module, workdir, data_dir, "tracking.log_model=false", *overrides, multirun=multirun, env=env)
 
 
 def runs_by_parent(workdir: Path):
@@ -43,7 +41,7 @@ def test_multirun_gives_one_child_run_per_project_under_one_parent(tmp_path: Pat
     assert sorted(r.data.tags["project"] for r in children) == ["p00", "p01", "p04"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in children} == {"FINISHED"}
-    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["p00", "p01", "p04"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["p00", "p01", "p04"]
 
 
 def test_a_failing_job_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path, tiny_data_dir: Path) -> None:
@@ -63,23 +61,53 @@ def test_single_run_with_a_bad_value_exits_before_training(tmp_path: Path, tiny_
     done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=0")
     assert done.returncode != 0
     assert "training.epochs=0 is not allowed: a positive integer" in done.stderr
-    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_evaluate_cli_reevaluates_a_trained_project(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_evaluate_cli_reevaluates_a_trained_model(tmp_path: Path, tiny_data_dir: Path) -> None:
     assert run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p04", "training.epochs=1").returncode == 0
-    done = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04")
+    (model,) = (tmp_path / "runs" / "p04").glob("*/model.keras")
+    done = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04", f"evaluate.model={model}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "metrics" / "p04.json").exists()
+    evaluated = json.loads((tmp_path / "hydra" / "metrics.json").read_text())
+    trained = json.loads((model.parent / "metrics.json").read_text())
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
 
 
-def test_parallel_launcher_runs_jobs_in_processes_under_one_parent(tmp_path: Path, tiny_data_dir: Path) -> None:
-    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00,p01", "training.epochs=1",
-                   "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", multirun=True)
+def test_twelve_projects_in_parallel_on_an_empty_folder(tmp_path: Path) -> None:
+    """README's parallel recipe on a fresh checkout: every job finishes, and one of them builds the data."""
+    done = run_cli("cnnlab.train", tmp_path, tmp_path / "data", "project=glob(*,exclude=p12)", "training.epochs=1",
+                   "hydra/launcher=parallel", "hydra.launcher.n_jobs=3", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
     parents, children = runs_by_parent(tmp_path)
-    assert len(parents) == 1 and sorted(r.data.tags["project"] for r in children) == ["p00", "p01"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["project"] for r in children) == [f"p{i:02d}" for i in range(12)]
     assert {r.info.status for r in children} == {"FINISHED"}
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob("*/train.log"))
+    assert logs.count("] - generated ") == 1 and logs.count("] - prepared ") == 1, "the data is built once"
+
+
+def test_three_learning_rates_of_one_project_in_parallel_keep_three_results(tmp_path: Path,
+                                                                            tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=2",
+                   "training.optimizer.learning_rate=0.001,0.002,0.003", "hydra/launcher=parallel",
+                   "hydra.launcher.n_jobs=3", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = runs_by_parent(tmp_path)
+    assert sorted(r.data.params["training.optimizer.learning_rate"] for r in children) == ["0.001", "0.002", "0.003"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    folders = sorted((tmp_path / "runs" / "p00").iterdir())
+    assert sorted(p.name for p in folders) == sorted(r.info.run_id for r in children), "one folder per run"
+    assert len({(p / "model.keras").read_bytes() for p in folders}) == 3, "three distinct models, none overwritten"
+
+
+def test_ctrl_c_in_a_sweep_ends_the_job_and_the_parent_killed(tmp_path: Path, tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00,p01", "training.epochs=3", multirun=True,
+                   env=job_env(**{FAILPOINT: "mid_epoch:1@SIGINT"}))
+    assert done.returncode != 0
+    parents, children = runs_by_parent(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"], "no sweep parent stays RUNNING"
+    assert [(r.data.tags["project"], r.info.status) for r in children] == [("p00", "KILLED")]
 
 
 def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
@@ -94,7 +122,7 @@ def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
 def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Path, tiny_data_dir: Path) -> None:
     overrides = " ".join([
         "data=tiny", f"paths.data={tiny_data_dir}", "training.epochs=1", "tracking.log_model=false",
-        *(f"paths.{key}={tmp_path / key}" for key in ("outputs", "checkpoints")), f"hydra.run.dir={tmp_path / 'run'}"])
+        *(f"paths.{key}={tmp_path / key}" for key in ("runs", "checkpoints")), f"hydra.run.dir={tmp_path / 'run'}"])
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
     # `mlflow run` creates the experiment itself; made here first so its artifacts stay in tmp_path
@@ -106,4 +134,4 @@ def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Pat
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["project"] == "p01"
-    assert (tmp_path / "outputs" / "p01" / "model.keras").exists()
+    assert (tmp_path / "runs" / "p01" / run.info.run_id / "model.keras").exists()

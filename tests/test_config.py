@@ -1,12 +1,16 @@
-"""Every project composes from the Hydra tree; bad values stop with an error naming key, value and allowed."""
+"""Every project composes from the Hydra tree; conf/local wins; bad values stop with an error naming key, value
+and allowed; `settings` holds exactly what decides a trained model."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from cnnlab.config import ConfigError, use_backend, validate
-from tests.conftest import compose_config
+from cnnlab.config import ConfigError, cap_epochs, compose, result_key, settings, use_backend, validate
+from tests.conftest import CONF, compose_config
 from tests.test_models import EXPECTED_PARAMS
 
 REPORTED = {"p00": 62.10, "p01": 64.76, "p02": 67.33, "p03": 69.44, "p04": 71.54, "p05": None, "p06": None,
@@ -50,15 +54,68 @@ def test_unknown_group_option_lists_the_available_ones(override: str, option: st
     ("training.optimizer.name=adamz", "training.optimizer.name", "adam"),
     ("training.optimizer.learning_rate=-1", "training.optimizer.learning_rate", "positive"),
     ("training.mixed_precision=maybe", "training.mixed_precision", "true or false"),
-    ("on_finished=overwrite", "on_finished", "new, skip"),
+    ("on_finished=overwrite", "on_finished", "skip, new"),
     ("training.device_data=gpu", "training.device_data", "auto, true or false"),
     ("training.optimizer.schedule=step", "training.optimizer.schedule", "none or warmup_cosine"),
     ("data.md5=abc", "data.md5", "32 lowercase hex"),
     ("model.layers.0.type=Conv9D", "model.layers.0", "Conv2D"),
+    ("project.id=.", "project.id", "letters, digits"),
+    ("project.id=..", "project.id", "letters, digits"),
+    ("project.id=../../x", "project.id", "letters, digits"),
+    ("project.id=.hidden", "project.id", "letters, digits"),
+    ("model.layers.0.filters=-3", r"model\.layers\.0\.filters=-3", "strictly positive"),
+    ("model.layers.0.padding=sideways", r"model\.layers\.0\.padding='sideways'", "valid"),
+    ("+model.layers.0.filterz=3", r"model\.layers\.0\.filterz=3", "Unrecognized keyword"),
+    ("model.layers.1=Flatten", "model.layers", "a mapping with a 'type'"),
+    ("+training.optimizer.momentum=0.9", r"training\.optimizer\.momentum=0\.9", "adam says"),
+    ("training.optimizer.learning_rate=nan", r"training\.optimizer\.learning_rate=nan", "a finite number"),
+    ("training.optimizer.learning_rate=inf", r"training\.optimizer\.learning_rate=inf", "a finite number"),
+    ("augmentation.layers=[{type:RandomRotation}]", r"augmentation\.layers\.0", "factor"),
+    ("data=tiny data.generate.test=0", r"data\.generate\.test", "positive integer"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(override: str, key: str, allowed: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}.*{allowed}"):
-        validate(compose_config(override))
+        validate(compose_config(*override.split()))
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ConfigError, match=r"paths\.outputs=.*taken.*a folder cnnlab can write into.*is a file"):
+        validate(compose_config(f"paths.outputs={tmp_path / 'taken' / 'sub'}"))
+
+
+def test_conf_local_wins_over_the_main_config(tmp_path: Path) -> None:
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    (conf / "local" / "default.yaml").write_text(
+        "# @package _global_\nmirror:\n  source: /mirror/cifar-10-python.tar.gz\n"
+        "  md5: 65ee3a01660a2d2a900036a9439a508e"
+        "\npaths:\n  data: /big/disk/data\n  runs: /big/disk/runs\n")
+    cfg = compose([], config_dir=conf)
+    assert (cfg.mirror.source, cfg.mirror.md5) == ("/mirror/cifar-10-python.tar.gz", "65ee3a01660a2d2a900036a9439a508e")
+    assert (cfg.paths.data, cfg.paths.runs, cfg.paths.outputs) == ("/big/disk/data", "/big/disk/runs", "outputs")
+    assert compose(["paths.data=elsewhere"], config_dir=conf).paths.data == "elsewhere", "the command line wins"
+    assert compose([]).mirror.source is None, "without conf/local/default.yaml nothing changes"
+
+
+def test_settings_hold_what_decides_the_model_and_nothing_else() -> None:
+    base = compose_config("project=p05")
+    key = result_key(base)
+    for override in ("project.description=other", "project.reported_accuracy=1.0", "paths.runs=elsewhere",
+                     "tracking.log_model=false", "tracking.uri=sqlite:///x.db", "on_finished=new", "publish=true",
+                     "data.download_retries=7", "data.source=https://example.invalid/c.tar.gz"):
+        assert result_key(compose_config("project=p05", override)) == key, override
+    for override in ("model.layers.0.filters=64", "training.seed=1", "augmentation=p11", "data=tiny", "backend=jax",
+                     "training.optimizer.learning_rate=0.002"):
+        assert result_key(compose_config("project=p05", override)) != key, override
+    assert set(settings(base)) == {"project", "backend", "data", "model", "augmentation", "training"}
+
+
+@pytest.mark.parametrize("project", sorted(EXPECTED_PARAMS))
+def test_an_epoch_cap_keeps_every_project_valid(project: str) -> None:
+    overrides = [f"project={project}"]
+    capped = compose_config(*overrides, *cap_epochs(compose_config(*overrides), 1))
+    assert capped.training.epochs == 1
+    validate(capped)
 
 
 def test_unknown_backend_is_refused_before_keras_starts() -> None:

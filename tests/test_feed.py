@@ -4,9 +4,6 @@ and reshuffle between epochs; on JAX a real training run uses them."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -15,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnlab.feed import DeviceBatches
-from tests.conftest import ROOT
+from tests.conftest import job_env, run_job
 
 
 def epoch(batches: DeviceBatches) -> tuple[np.ndarray, np.ndarray]:
@@ -42,15 +39,11 @@ def test_every_example_once_per_epoch_with_its_label_and_a_new_order_each_epoch(
 def test_training_on_jax_cuts_batches_on_the_device(tmp_path: Path, tiny_data_dir: Path) -> None:
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[dev]' installs it)")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", "project=p08", "data=tiny", "training.epochs=2",
-         f"paths.data={tiny_data_dir}", f"paths.outputs={tmp_path / 'outputs'}",
-         f"paths.checkpoints={tmp_path / 'checkpoints'}", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    done = run_job("cnnlab.train", tmp_path, tiny_data_dir, "project=p08", "training.epochs=2",
+                   "tracking.log_model=false", env=job_env(KERAS_BACKEND="jax"))
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(uri)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
     assert run.data.tags["keras_backend"] == "jax" and run.data.tags["device_data"] == "true"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
-    assert (tmp_path / "outputs" / "p08" / "model.keras").exists()
+    assert (tmp_path / "runs" / "p08" / run.info.run_id / "model.keras").exists()

@@ -1,21 +1,22 @@
 """Test-set evaluation: loss, accuracy, per-class accuracy and confusion matrix of a trained model.
 
-`python -m cnnlab.evaluate project=p04` re-evaluates the saved `outputs/p04/model.keras` without training and
-writes `metrics/p04.json`, `plots/p04/confusion_matrix.png` (+ `confusion.csv`) and `plots/p04/history.csv`."""
+`python -m cnnlab.evaluate project=p04 [evaluate.model=<model.keras>]` re-evaluates a saved model without
+training (by default the pipeline's `outputs/p04/model.keras`) and writes its figures into the job's own folder
+(`logs/evaluate/runs/<time>_p04/`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cnnlab.config import use_backend
+from cnnlab.config import check_id, use_backend
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +52,38 @@ def write_confusion(matrix: np.ndarray, class_names: list[str], folder: Path, ti
     return png
 
 
-def reevaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Load outputs/<project>/model.keras and the test set, write metrics/<project>.json and the plots."""
+def reevaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Evaluate a saved model (evaluate.model, by default the pipeline's `outputs/<project>/model.keras`) on the
+    configured test set without training; writes metrics.json, confusion_matrix.png and confusion.csv into
+    `out_dir` and touches nothing else (no MLflow run, nothing published)."""
     use_backend(cfg.backend)
+    check_id("project.id", cfg.project.id)
     import keras
 
     import cnnlab.layers  # noqa: F401  (registers custom layers for loading)
     from cnnlab.data import DataSpec, load
 
     project = str(cfg.project.id)
-    out_dir = Path(cfg.paths.outputs) / project
-    model_path = out_dir / "model.keras"
+    model_path = Path(cfg.evaluate.model or Path(cfg.paths.outputs) / project / "model.keras")
     if not model_path.is_file():
-        raise FileNotFoundError(f"no trained model for project {project!r} at {model_path}; train it first: "
-                                f"python -m cnnlab.train project={project}")
+        raise FileNotFoundError(f"no trained model for project {project!r} at {model_path}; run the pipeline "
+                                f"(dvc repro) or give one: evaluate.model=runs/{project}/<run id>/model.keras")
     data = load(DataSpec.from_config(cfg))
     result = evaluate_model(keras.saving.load_model(model_path), data.x_test, data.y_test, data.class_names)
-    trained = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").exists() else {}
-    metrics = {  # numbers only, so `dvc metrics show` / `dvc exp show` compare them
-        "test_accuracy": result["test_accuracy"],
-        "test_loss": result["test_loss"],
-        "per_class_accuracy": result["per_class_accuracy"],
-        "reported_accuracy": cfg.project.reported_accuracy,
-        **{k: trained[k] for k in ("epochs", "train_seconds", "params") if k in trained},
-    }
-    metrics_path = Path(cfg.paths.metrics) / f"{project}.json"
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_dir = Path(cfg.paths.plots) / project
-    write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, plot_dir,
+    metrics = {"model": str(model_path), "data": str(cfg.data.name), "data_sha256": data.checksum,
+               **{k: result[k] for k in ("test_accuracy", "test_loss", "per_class_accuracy")}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_confusion(np.asarray(result["confusion_matrix"]), data.class_names, out_dir,
                     f"{project.upper()} test confusion matrix")
-    if (out_dir / "history.csv").exists():  # the learning curves, beside the confusion matrix for DVC plots
-        shutil.copyfile(out_dir / "history.csv", plot_dir / "history.csv")
-    log.info("%s: test accuracy %.4f -> %s", project, metrics["test_accuracy"], metrics_path)
+    log.info("%s: test accuracy %.4f (%s on %s) -> %s", project, metrics["test_accuracy"], model_path,
+             cfg.data.name, out_dir)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    return reevaluate(cfg)["test_accuracy"]
+    return reevaluate(cfg, Path(HydraConfig.get().runtime.output_dir))["test_accuracy"]
 
 
 if __name__ == "__main__":

@@ -48,12 +48,18 @@ def check_layer_specs(specs: Sequence[Mapping[str, Any]], where: str) -> None:
 
 
 def build_layer(spec: Mapping[str, Any], where: str = "layer") -> keras.layers.Layer:
-    """One Keras layer from its spec."""
+    """One Keras layer from its spec; an argument the layer refuses is a ModelConfigError naming
+    `<where>.<argument>`. (Called directly, not through keras.layers.deserialize, which hides the layer's own
+    message behind a generic one.)"""
     kwargs = dict(_plain(spec))
     cls = layer_class(kwargs.pop("type"), where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
+        named = [k for k in kwargs if f"'{k}'" in str(err) or f"`{k}`" in str(err)]
+        if named:
+            raise ModelConfigError(f"{where}.{named[0]}={kwargs[named[0]]!r} is not allowed: "
+                                   f"{cls.__name__} says: {err}") from err
         raise ModelConfigError(f"{where}: cannot build {cls.__name__}({kwargs}): {err}") from err
 
 
@@ -74,7 +80,12 @@ def build_model(model_cfg: Mapping[str, Any]) -> keras.Model:
 
     The head computes in float32 so mixed precision keeps a stable softmax."""
     inputs = keras.Input(shape=tuple(model_cfg["input_shape"]), name="images")
-    x = apply_layers(inputs, model_cfg["layers"], "model.layers")
+    try:
+        x = apply_layers(inputs, model_cfg["layers"], "model.layers")
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ModelConfigError):
+            raise
+        raise ModelConfigError(f"model.layers: the layers do not fit together: {err}") from err
     x = keras.layers.Dense(model_cfg["num_classes"], dtype="float32", name="logits")(x)
     scale = model_cfg.get("head_scale", 1.0)
     if scale != 1.0:

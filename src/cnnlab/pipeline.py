@@ -1,83 +1,88 @@
-"""The DVC stages' commands: `python -m cnnlab.pipeline fetch|prepare|compose|train P|evaluate P`.
+"""The DVC stages' commands: `python -m cnnlab.pipeline fetch|prepare|compose|train P`.
 
-params.yaml picks what the pipeline builds; each project's settings come from the Hydra tree (conf/) through
-the same overrides here for every stage. `compose` writes each project's resolved config to
-`composed/<project>.yaml`, the one dependency of its train stage that holds its settings, so editing a
-config retrains exactly the projects whose composed config changed. `train` and `evaluate` run the same
-entry points as the command line (`python -m cnnlab.train`, `python -m cnnlab.evaluate`)."""
+params.yaml picks what the pipeline builds (projects, data, seed, backend, an epoch cap); each project's own
+settings come from the Hydra tree (conf/). `compose` writes, per project, exactly what decides its trained model
+(cnnlab.config.settings) to `composed/<project>.yaml`: the train stage depends on that file and trains from it
+and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
+so editing a description retrains nothing and editing a model retrains that project. `train` is the same
+`cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
+metrics/) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already finished)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from cnnlab.resume import result_settings
+from cnnlab.config import BACKENDS, apply_settings, cap_epochs, check_id, compose, settings
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 COMPOSED = Path("composed")
+log = logging.getLogger(__name__)
 
 
 def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
+    """params.yaml, checked: every value named with what is allowed."""
     params = yaml.safe_load(path.read_text())
     if params.get("data") not in ("cifar10", "tiny"):
         raise SystemExit(f"params.yaml: data={params.get('data')!r} is not allowed: cifar10 or tiny")
     cap = params.get("max_epochs", 0)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise SystemExit(f"params.yaml: max_epochs={cap!r} is not allowed: a non-negative integer (0 = no cap)")
+    if params.get("backend") not in BACKENDS:
+        raise SystemExit(f"params.yaml: backend={params.get('backend')!r} is not allowed: one of {', '.join(BACKENDS)}")
+    projects = params.get("projects")
+    if not isinstance(projects, list) or not projects:
+        raise SystemExit(f"params.yaml: projects={projects!r} is not allowed: a list of project ids")
+    for project in projects:
+        check_id("params.yaml: projects", project)
     return params
 
 
-def compose_project(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+def run_overrides(params: dict[str, Any]) -> list[str]:
+    """Overrides every stage composes with: the data set and the backend from params.yaml (the environment's
+    KERAS_BACKEND does not reach the pipeline: DVC cannot see it, so it could not invalidate anything)."""
+    if os.environ.get("KERAS_BACKEND", params["backend"]) != params["backend"]:
+        log.warning("KERAS_BACKEND=%s is ignored by the pipeline, which uses params.yaml's backend=%s "
+                    "(dvc exp run -S backend=...)", os.environ["KERAS_BACKEND"], params["backend"])
+    return [f"data={params['data']}", f"backend={params['backend']}"]
 
 
-def overrides_for(params: dict[str, Any], project: str | None = None) -> list[str]:
-    """The Hydra overrides every stage passes for `project` (data, seed, and the epoch cap where set)."""
-    overrides = [f"data={params['data']}", f"training.seed={params['seed']}"]
-    if project is not None:
-        overrides.insert(0, f"project={project}")
-        cap = params.get("max_epochs", 0)
-        if cap:
-            epochs = compose_project(overrides).training.epochs
-            overrides.append(f"training.epochs={min(epochs, cap)}")
-    return overrides
-
-
-def run_module(module: str, overrides: list[str], stage: str) -> None:
-    """Replace this process by `python -m module overrides...`, tagged with its DVC stage."""
-    os.environ["DVC_STAGE"] = stage
-    os.execv(sys.executable, [sys.executable, "-m", module, *overrides])
+def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
+    """The settings the pipeline trains `project` with: its conf/ settings, params.yaml's seed, epoch cap."""
+    overrides = [f"project={project}", *run_overrides(params), f"training.seed={params['seed']}"]
+    return settings(compose(overrides + cap_epochs(compose(overrides), params.get("max_epochs", 0))))
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     parser = argparse.ArgumentParser(prog="python -m cnnlab.pipeline", description=__doc__)
-    parser.add_argument("stage", choices=["fetch", "prepare", "compose", "train", "evaluate"])
+    parser.add_argument("stage", choices=["fetch", "prepare", "compose", "train"])
     parser.add_argument("project", nargs="?")
     args = parser.parse_args(argv)
     params = read_params()
-    if args.stage in ("train", "evaluate"):
+    if args.stage == "train":
         if args.project not in params["projects"]:
             parser.error(f"project {args.project!r} is not in params.yaml's projects {params['projects']}")
-        run_module(f"cnnlab.{args.stage}", overrides_for(params, args.project), f"{args.stage}@{args.project}")
+        from cnnlab.train import train
+
+        chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
+        base = compose([f"project={args.project}", *run_overrides(params), "publish=true", "on_finished=skip"])
+        train(apply_settings(base, chosen))
     elif args.stage == "compose":
         COMPOSED.mkdir(exist_ok=True)
         for stale in set(COMPOSED.glob("*.yaml")) - {COMPOSED / f"{p}.yaml" for p in params["projects"]}:
             stale.unlink()
         for project in params["projects"]:
-            text = yaml.safe_dump(result_settings(compose_project(overrides_for(params, project))), sort_keys=False)
+            text = yaml.safe_dump(composed(params, project), sort_keys=False)
             (COMPOSED / f"{project}.yaml").write_text(text)
     else:
         from cnnlab.data import DataSpec, fetch, prepare
 
-        spec = DataSpec.from_config(compose_project(overrides_for(params)))
+        spec = DataSpec.from_config(compose(run_overrides(params)))
         (fetch if args.stage == "fetch" else prepare)(spec)
 
 

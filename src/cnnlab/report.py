@@ -1,8 +1,8 @@
 """`python -m cnnlab.report`: the leaderboard of the pipeline's projects, reproduced beside the source.
 
-Reads `metrics/<project>.json` (and the MLflow run and device from `outputs/<project>/metrics.json`) for the
-projects in params.yaml and writes `reports/leaderboard.md` (project,
-cnnlab's and the source's test accuracy, difference, params, epochs, train time, MLflow run) and
+Reads what the pipeline published for the projects in params.yaml, `metrics/<project>.json` (the figures) and
+`outputs/<project>/run.json` (the MLflow run and the device), and writes `reports/leaderboard.md` (project,
+cnnlab's and the source's test accuracy, difference, params, epochs, train time, device, MLflow run) and
 `reports/leaderboard.png`."""
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ UI = "http://127.0.0.1:5000"
 def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for project in projects:
-        path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "metrics.json"
+        path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
         if not path.exists() or not trained.exists():
-            raise SystemExit(f"{path} or {trained} is missing: run `dvc repro` "
-                             f"(or train and `python -m cnnlab.evaluate project={project}`)")
+            raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
         run = json.loads(trained.read_text())
         rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id")},
                      **json.loads(path.read_text())})

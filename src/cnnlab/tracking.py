@@ -1,29 +1,45 @@
-"""MLflow side of cnnlab: store and experiment set-up, one run per training job (nested under a sweep's
-parent run), per-epoch metrics, failure records, and the Hydra callback that owns a sweep's parent run."""
+"""MLflow side of cnnlab: the store checked before anything runs, one run per training job (resumed when its
+state says so, nested under a sweep's parent run), failure records, abandoned runs ended, the results and the
+model logged exactly once, and the Hydra callback that owns a sweep's parent run.
+
+Runs carry the tags `cnnlab.key` (the hash of their settings), `cnnlab.host` and `cnnlab.state` (the state
+folder whose lock a live job holds): a RUNNING run on this host whose state nobody holds has lost its job."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
 import subprocess
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import mlflow
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import faults
+from cnnlab.config import fail, settings
+from cnnlab.files import writable_dir
+from cnnlab.runstate import RunState
 
 log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CNNLAB_SWEEP_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
+KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
+HOST = socket.gethostname()
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
 
 class SweepFailed(SystemExit):
@@ -47,8 +63,12 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock", timeout=300):
-        yield
+    try:
+        with FileLock(f"{path}.lock", timeout=120):
+            yield
+    except Timeout:
+        fail("tracking.uri", uri, f"a store this process can open; {path}.lock stayed locked for 2 minutes "
+                                  "(another process stuck opening the store?)")
 
 
 def client(uri: str) -> MlflowClient:
@@ -59,15 +79,43 @@ def client(uri: str) -> MlflowClient:
     return store
 
 
-def configure(cfg: DictConfig) -> str:
-    """Point MLflow at the configured store and make sure the experiment exists; returns its id.
+def check_store(uri: str) -> None:
+    """Refuse, before anything is loaded or trained, a store that cannot be written (sqlite) or reached (HTTP),
+    with the reason, instead of a hang or a failure after training."""
+    path = _sqlite_file(uri)
+    if path is not None:
+        problem = writable_dir(path.parent)
+        if problem is None and path.exists():
+            try:
+                open(path, "r+b").close()
+            except OSError as err:
+                problem = f"cannot write {path}: {err.strerror}"
+        if problem:
+            fail("tracking.uri", uri, f"a store cnnlab can write ({problem})")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        except (urllib.error.URLError, OSError) as err:
+            fail("tracking.uri", uri, f"a tracking server that answers; {uri}/health gave: {err}")
 
-    Creating the store and experiment under a lock keeps parallel jobs from racing to create them."""
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    with store_lock(cfg.tracking.uri):
-        if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(cfg.tracking.uri))
+
+def open_store(cfg: DictConfig) -> str:
+    """Point MLflow at the configured store, checked first, and make sure the experiment exists (created under
+    the store lock, so parallel jobs do not race to create it); returns the experiment id."""
+    uri = cfg.tracking.uri
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(uri))
         experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    expected = artifact_location(uri)
+    if expected and experiment.artifact_location.startswith("file:") and experiment.artifact_location != expected:
+        fail("tracking.uri", uri, f"a store whose experiment {cfg.tracking.experiment!r} keeps its artifacts beside "
+             f"it ({expected}), but they go to {experiment.artifact_location}: the store was copied or moved, and "
+             "new artifacts would land in the old place. Use the store where it was made, or another experiment "
+             "(tracking.experiment=...)")
     return experiment.experiment_id
 
 
@@ -78,18 +126,18 @@ def artifact_location(uri: str) -> str | None:
     return None if path is None else (path.resolve().parent / "mlruns").as_uri()
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as `a.b.0.c` -> value strings, as MLflow params."""
+def flatten(node: Any) -> dict[str, str]:
+    """A nested config as `a.b.0.c` -> value strings, as MLflow params."""
     flat: dict[str, str] = {}
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict | list) and node:
-            for key, value in node.items() if isinstance(node, dict) else enumerate(node):
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict | list) and value:
+            for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+                walk(item, f"{prefix}.{key}" if prefix else str(key))
         else:
-            flat[prefix] = str(node)
+            flat[prefix] = str(value)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node, "")
     return flat
 
 
@@ -105,6 +153,7 @@ def git_commit() -> str:
 
 
 def base_tags(cfg: DictConfig) -> dict[str, str]:
+    """What describes a job's run without deciding its result (so it may change when a run is resumed)."""
     tags = {
         "project": str(cfg.project.id),
         "reported_accuracy": "not reported" if cfg.project.reported_accuracy is None
@@ -113,37 +162,120 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
         "git_commit": git_commit(),
         "keras_backend": str(cfg.backend),
     }
+    if os.environ.get("DVC_STAGE"):
+        tags["dvc_stage"] = os.environ["DVC_STAGE"]
     sweep = os.environ.get(SWEEP_RUN_ENV)
     if sweep:
         tags[PARENT_TAG] = sweep
     return tags
 
 
+def finished_run(experiment_id: str, key: str) -> Any | None:
+    """The newest FINISHED run with these settings, or None."""
+    found = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid or 0), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid or 0) > 0
+
+
+def end_abandoned_runs(experiment_id: str) -> None:
+    """End KILLED the runs of this host that are RUNNING but whose process is gone (kill -9, a crash, a
+    reboot): a job's run whose state folder nobody holds, a sweep's parent whose process is dead. A job's run
+    stays resumable from its state."""
+    store = MlflowClient()
+    running = store.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                                              f"tags.`{HOST_TAG}` = '{HOST}'")
+    for run in running:
+        tags = run.data.tags
+        gone = (not _alive(tags.get(PID_TAG))) if STATE_TAG not in tags else not RunState.is_claimed(
+            Path(tags[STATE_TAG]))
+        if gone:
+            log.warning("run %s (%s) was left RUNNING by a process that is gone: ending it KILLED",
+                        run.info.run_id, run.info.run_name)
+            store.set_tag(run.info.run_id, "error", "abandoned: its process stopped without ending the run")
+            store.set_terminated(run.info.run_id, "KILLED")
+
+
+def _resumable(cfg: DictConfig, state: RunState, experiment_id: str) -> str | None:
+    """The run id in the state's record when that run can be continued; otherwise None, with a log line that
+    says why (and the record's run ended KILLED when it was left RUNNING)."""
+    record = state.record()
+    if record is None:
+        return None
+    run_id, store = record["run_id"], MlflowClient()
+    if record.get("tracking_uri") != cfg.tracking.uri or record.get("experiment_id") != experiment_id:
+        log.warning("%s belongs to run %s of %s (experiment %s), not to this job's store and experiment: "
+                    "starting a new run", state.folder, run_id, record.get("tracking_uri"),
+                    record.get("experiment_id"))
+        return None
+    try:
+        run = store.get_run(run_id)
+    except MlflowException:
+        log.warning("run %s of %s is not in the store any more: starting a new run", run_id, state.folder)
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        log.warning("run %s of %s was deleted: starting a new run", run_id, state.folder)
+        return None
+    if run.info.status == "FINISHED":
+        log.info("run %s of %s has finished: starting a new run", run_id, state.folder)
+        return None
+    if state.epochs_done() == 0 and not state.trained_file.exists() and run.data.metrics:
+        reason = "its epochs were logged but their backup is gone"
+        log.warning("run %s: %s; starting a new run", run_id, reason)
+        if run.info.status == "RUNNING":
+            store.set_tag(run_id, "error", f"abandoned: {reason}")
+            store.set_terminated(run_id, "KILLED")
+        return None
+    return run_id
+
+
 @contextmanager
-def job_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one training job (a new one, or `run_id` when resuming). On an exception it records the
-    error and ends FAILED, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
-    name = None if run_id else str(cfg.project.id)
-    with mlflow.start_run(run_id=run_id, run_name=name, tags={**base_tags(cfg), **tags}) as run:
-        try:
-            yield run
-        except BaseException as err:
-            record_failure(err)
-            err.mlflow_run_id = run.info.run_id  # tells the sweep handler this failure is already recorded
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt)
-                                               else RunStatus.FAILED))
-            raise
+def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str, str]) -> Iterator[Any]:
+    """The job's MLflow run: the state's run continued when it can be, otherwise a new one recorded in the
+    state. Its params are the settings (logged once: a resumed run only gets what it lacks); everything else is
+    a tag. The run ends FINISHED, or with the error recorded, FAILED (KILLED when interrupted)."""
+    end_abandoned_runs(experiment_id)
+    run_id = _resumable(cfg, state, experiment_id)
+    tags = {**base_tags(cfg), **tags, KEY_TAG: state.key, HOST_TAG: HOST, STATE_TAG: str(state.folder.resolve())}
+    if run_id is None:
+        state.reset()
+        run = mlflow.start_run(run_name=str(cfg.project.id), tags=tags)
+        state.remember(tracking_uri=cfg.tracking.uri, experiment_id=experiment_id, run_id=run.info.run_id)
+    else:
+        log.info("resuming MLflow run %s from %s", run_id, state.folder)
+        run = mlflow.start_run(run_id=run_id, tags=tags)
+        if "error" in run.data.tags:
+            MlflowClient().delete_tag(run_id, "error")  # the failure it ended with is over
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    params = flatten(settings(cfg))
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    try:
+        yield run
+    except BaseException as err:
+        record_failure(err)
+        err.mlflow_run_id = run.info.run_id  # tells the sweep handler this failure is already recorded
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt)
+                                           else RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def metric_history(run_id: str, keys: list[str]) -> dict[str, list[float]]:
-    """Per-epoch values of `keys` as logged (one per step, in step order): the whole curve of a resumed run."""
-    client = MlflowClient()
-    history = {}
-    for key in keys:
-        points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
-        if points:
-            history[key] = [points[step] for step in sorted(points)]
-    return history
+def replay_epochs(run_id: str, history: list[dict[str, float]]) -> None:
+    """Log the epochs of `history` that the run does not have yet: backed up before a kill, not yet logged."""
+    logged = {m.step for m in MlflowClient().get_metric_history(run_id, "loss")}
+    for epoch, metrics in enumerate(history):
+        if epoch not in logged:
+            mlflow.log_metrics(metrics, step=epoch, synchronous=True)
 
 
 def record_failure(err: BaseException) -> None:
@@ -155,37 +287,90 @@ def record_failure(err: BaseException) -> None:
 
 def log_rejected_job(cfg: DictConfig, err: BaseException) -> None:
     """A sweep job whose config was refused before training still gets a FAILED run saying why."""
-    configure(cfg)
+    open_store(cfg)
     with mlflow.start_run(run_name=str(cfg.project.id), tags=base_tags(cfg)):
         record_failure(err)
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_results(run_id: str, metrics: dict[str, float], folder: Path, artifacts: list[str]) -> None:
+    """The run's final metrics (one batch, skipped if a stopped attempt already logged them) and files (logging
+    a file again overwrites it, never doubles it)."""
+    if "test_accuracy" not in MlflowClient().get_run(run_id).data.metrics:
+        mlflow.log_metrics(metrics, synchronous=True)
+    for name in artifacts:
+        mlflow.log_artifact(str(folder / name))
+
+
+def log_model_once(state: RunState, run_id: str, model: Any, example: Any, requirements: list[str]) -> str:
+    """Log `model` through MLflow's Keras flavor (signature, input example) as the run's one logged model.
+
+    Done in steps that a rerun can finish: the model entry is created and remembered in the state, its files
+    uploaded, then it is marked READY and linked to the run, last. A rerun completes a remembered model and
+    deletes one a killed job created but did not remember; the run never links two."""
+    from mlflow.models import Model, infer_signature
+
+    store = MlflowClient()
+    run = store.get_run(run_id)
+    known = (state.record() or {}).get("model_id")
+    for found in store.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+        if found.model_id != known:
+            store.delete_logged_model(found.model_id)
+    if known is None:
+        known = store.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id,
+                                          params=run.data.params).model_id
+        state.remember(model_id=known)
+    entry = store.get_logged_model(known)
+    if entry.status != LoggedModelStatus.READY:
+        import mlflow.keras
+        from mlflow.utils.file_utils import TempDir
+
+        with TempDir() as tmp:
+            local = tmp.path("model")
+            os.makedirs(local)  # MLflow 3 writes the input example before making the folder (mlflow/mlflow#16183)
+            mlflow.keras.save_model(
+                model, local, input_example=example, pip_requirements=requirements,
+                signature=infer_signature(example, model.predict(example, verbose=0)),
+                mlflow_model=Model(artifact_path=entry.artifact_location, model_uuid=known, run_id=run_id,
+                                   model_id=known))
+            store.log_model_artifacts(known, local)
+        faults.reach("model_logging")
+        store.finalize_logged_model(known, LoggedModelStatus.READY)
+    if known not in {output.model_id for output in run.outputs.model_outputs}:
+        store.log_outputs(run_id, [LoggedModelOutput(known, step=0)])
+    return f"models:/{known}"
 
 
 class SweepRunCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun; every job's run is its child.
 
     At the end the parent is FAILED if any child failed, the failed jobs are listed, and the sweep exits
-    non-zero, after every job has had its turn."""
+    non-zero, after every job has had its turn. A sweep stopped early (Ctrl-C, SIGTERM) ends its parent
+    KILLED on the way out; one killed outright is ended KILLED by the next job that finds it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment_id = configure(config)
+        experiment_id = open_store(config)
+        end_abandoned_runs(experiment_id)
         overrides = " ".join(config.hydra.overrides.task)
         run = MlflowClient().create_run(
             experiment_id, run_name=f"sweep {overrides}"[:250],
-            tags={"sweep": "true", "overrides": overrides[:5000], "git_commit": git_commit()},
+            tags={"sweep": "true", "overrides": overrides[:5000], "git_commit": git_commit(), HOST_TAG: HOST,
+                  PID_TAG: str(os.getpid())},
         )
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
+        atexit.register(_end_unfinished_sweep, run.info.run_id)
         log.info("sweep parent run %s", run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent = os.environ.pop(SWEEP_RUN_ENV, None)
         if parent is None:
             return
-        client = MlflowClient()
-        experiment_id = client.get_run(parent).info.experiment_id
-        children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+        atexit.unregister(_end_unfinished_sweep)
+        store = MlflowClient()
+        experiment_id = store.get_run(parent).info.experiment_id
+        children = store.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
         failed = [r for r in children if r.info.status != "FINISHED"]
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        store.set_terminated(parent, "FAILED" if failed else "FINISHED")
         if failed:
             names = ", ".join(f"{r.info.run_name} ({r.data.tags.get('error', r.info.status)})" for r in failed)
             message = f"{len(failed)} of {len(children)} sweep jobs failed: {names}"
@@ -194,24 +379,9 @@ class SweepRunCallback(Callback):
         log.info("sweep finished: %d jobs", len(children))
 
 
-def _save_keras_model(path: str, **kwargs: Any) -> None:
-    """mlflow.keras.save_model with its folder made first: with an input_example, MLflow 3 writes the example
-    before creating the folder and fails (mlflow/mlflow#16183)."""
-    import mlflow.keras
-
-    os.makedirs(path, exist_ok=True)
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-def log_keras_model(model: Any, example: Any, requirements: list[str]) -> str:
-    """Log `model` through MLflow's Keras flavor with a signature and an input example; returns its URI."""
-    import mlflow.keras
-    from mlflow.models import Model, infer_signature
-
-    flavor = SimpleNamespace(__name__=mlflow.keras.__name__, save_model=_save_keras_model)
-    info = Model.log(
-        artifact_path=None, name="model", flavor=flavor, model=model, input_example=example,
-        pip_requirements=requirements,
-        signature=infer_signature(example, model.predict(example, verbose=0)),
-    )
-    return info.model_uri
+def _end_unfinished_sweep(parent: str) -> None:
+    """At exit of a sweep that did not reach its end (Ctrl-C, an error in Hydra): the parent run ends KILLED."""
+    store = MlflowClient()
+    if store.get_run(parent).info.status == "RUNNING":
+        store.set_tag(parent, "error", "the sweep stopped before all its jobs had run")
+        store.set_terminated(parent, "KILLED")

@@ -1,0 +1,175 @@
+"""The mutable state of one unfinished run, in a folder that only its own job writes.
+
+`<paths.checkpoints>/<project>-<key>/`, where the key hashes everything that decides the trained model
+(cnnlab.config.result_key), holds while the run is unfinished:
+
+- `run.json`: the MLflow store, experiment and run (and logged model) this state belongs to;
+- `history.csv`: each finished epoch's metrics, written by Keras' CSVLogger: the run's journal;
+- `backup/epoch-<n>.weights.h5`: model and optimizer state after epoch n, written whole, then renamed;
+- `trained.keras`: the model once `fit` has ended, so a job killed after training does not train again.
+
+Per epoch the journal row is written first, then the backup, then the MLflow metrics, so MLflow's steps are
+always a prefix of the backed-up epochs, which are a prefix of the journal: a resumed job cuts the journal
+back to its backup and logs the epochs MLflow missed, and every step is logged exactly once however the job
+was stopped. A job touches the folder only while it holds `<project>-<key>.lock` beside it (`claim`): the
+same settings in a second process are refused (RunBusy), other settings never meet. The folder is removed
+when the run has finished."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig
+
+from cnnlab.config import result_key
+from cnnlab.files import atomic_write, remove, remove_partials, temporary_beside
+
+log = logging.getLogger(__name__)
+BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
+
+
+class RunBusy(RuntimeError):
+    """Another process is working on a run with the same settings right now."""
+
+
+class RunState:
+    """The state folder of one (project, settings) pair; use it inside `RunState.claim`."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = folder, key
+        self.record_file = folder / "run.json"
+        self.journal = folder / "history.csv"
+        self.backup_dir = folder / "backup"
+        self.trained_file = folder / "trained.keras"
+
+    @staticmethod
+    def lock_path(folder: Path) -> Path:
+        return folder.with_name(folder.name + ".lock")
+
+    @classmethod
+    @contextmanager
+    def claim(cls, cfg: DictConfig) -> Iterator[RunState]:
+        """The state of `cfg`'s run, held by this process alone until the block ends; RunBusy if another
+        process holds it."""
+        key = result_key(cfg)
+        folder = Path(cfg.paths.checkpoints) / f"{cfg.project.id}-{key}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(cls.lock_path(folder))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunBusy(f"{cfg.project.id} with these settings is being trained by another process right now "
+                          f"(it holds {cls.lock_path(folder)}); wait for it to finish (running the same command "
+                          "again afterwards finds its result) or change a setting") from None
+        try:
+            remove_partials(folder.parent, folder.name)  # a state folder whose removal was cut short
+            yield cls(folder, key)
+        finally:
+            lock.release()
+
+    @classmethod
+    def is_claimed(cls, folder: Path) -> bool:
+        """Whether a live process holds `folder`'s lock (a process that died holds nothing)."""
+        path = cls.lock_path(folder)
+        if not path.exists():
+            return False
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def record(self) -> dict[str, Any] | None:
+        """What run.json says, or None when there is none (or it cannot be read)."""
+        try:
+            value = json.loads(self.record_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) and value.get("run_id") else None
+
+    def remember(self, **fields: Any) -> None:
+        """Add `fields` to run.json (written whole, then renamed)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.record_file, json.dumps({**(self.record() or {}), **fields}, indent=2) + "\n")
+
+    def epochs_done(self) -> int:
+        """Epochs whose state is backed up: the newest complete backup file's number (0 when there is none)."""
+        found = [int(m.group(1)) for p in self.backup_dir.glob("epoch-*.weights.h5") if (m := BACKUP.fullmatch(p.name))]
+        return max(found, default=0)
+
+    def restore(self, model: Any) -> int:
+        """Load the newest backup into the compiled `model`; returns the number of epochs it has done."""
+        done = self.epochs_done()
+        if done:
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.backup_dir / f"epoch-{done:04d}.weights.h5")
+        return done
+
+    def history(self, epochs: int) -> list[dict[str, float]]:
+        """The journal's first `epochs` epochs (as CSVLogger wrote them, values Keras could not give left out);
+        the journal is cut back to exactly those, so epochs trained after the last backup are forgotten."""
+        try:
+            reader = csv.DictReader(io.StringIO(self.journal.read_text()))
+            rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < epochs]
+            header = reader.fieldnames or []
+        except OSError:
+            rows, header = [], []
+        rows = rows[:epochs]
+        out = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.journal, out.getvalue())
+        return [{k: float(v) for k, v in row.items() if k != "epoch" and _number(v)} for row in rows]
+
+    def trained_model(self) -> Any | None:
+        """The model kept when `fit` ended, or None when training has not ended yet."""
+        if not self.trained_file.exists():
+            return None
+        import keras
+
+        import cnnlab.layers  # noqa: F401  (registers cnnlab's layers for loading)
+
+        log.info("training had ended before the job stopped: using %s", self.trained_file)
+        return keras.saving.load_model(self.trained_file)
+
+    def keep_trained(self, model: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / ".trained.partial.keras"
+        model.save(partial)
+        os.replace(partial, self.trained_file)
+
+    def reset(self) -> None:
+        """Forget everything: the next run starts from scratch."""
+        remove(self.folder)
+
+    def clear(self) -> None:
+        """The run has finished: remove the folder (renamed aside first, so a kill never leaves half of it)."""
+        if self.folder.exists():
+            aside = temporary_beside(self.folder, "done")
+            os.replace(self.folder, aside)
+            remove(aside)
+
+
+def _number(text: str | None) -> bool:
+    """A value CSVLogger wrote for a metric (it writes "NA" for one the epoch did not have)."""
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True

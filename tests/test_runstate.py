@@ -1,0 +1,233 @@
+"""Every run owns its state: a kill at a chosen instant and the same command again, Ctrl-C and SIGTERM, a second
+process with the same settings, stale records, runs left RUNNING, a diverging loss, and config errors that
+stop a job before anything happens. Real processes and signals, a real MLflow store; failpoints
+(cnnlab.faults) choose every instant, so no test races a job that may finish first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cnnlab.config import ConfigError
+from cnnlab.evaluate import reevaluate
+from cnnlab.faults import ENV as FAILPOINT
+from cnnlab.runstate import RunBusy
+from cnnlab.tracking import EPOCH_METRICS, open_store
+from cnnlab.train import TrainingDiverged, train
+from tests.conftest import ROOT, job_command, job_env, run_job
+
+JOB = ["project=p00", "training.epochs=3"]
+RUN_FILES = sorted(["confusion.csv", "confusion_matrix.png", "config.yaml", "history.csv", "learning_curves.png",
+                    "metrics.json", "model.keras", "run.json"])
+
+
+def store(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def runs(workdir: Path) -> list:
+    client = store(workdir)
+    experiment = client.get_experiment_by_name("cnnlab")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]) if experiment else []
+
+
+def steps(workdir: Path, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in store(workdir).get_metric_history(run_id, key))
+
+
+def assert_one_complete_run(workdir: Path, epochs: int, log_model: bool = True, store_dir: Path | None = None) -> str:
+    """One FINISHED run (in the store in `store_dir`, by default `workdir`) with every epoch logged once, its
+    files complete, and nothing left behind."""
+    workdir, files = store_dir or workdir, workdir
+    (run,) = runs(workdir)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    for key in EPOCH_METRICS:
+        assert steps(workdir, run_id, key) == list(range(epochs)), key
+    assert steps(workdir, run_id, "test_accuracy") == [0], "the test set is evaluated and logged once"
+    folder = files / "runs" / "p00" / run_id
+    assert sorted(p.name for p in folder.iterdir()) == RUN_FILES
+    assert len((folder / "history.csv").read_text().strip().splitlines()) == 1 + epochs
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs and metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
+    assert not list((files / "checkpoints").glob("p00-*/")), "a finished run leaves no state"
+    assert not [p for p in files.rglob("*") if p.name.endswith(".partial")], "no half-written leftovers"
+    models = store(workdir).search_logged_models([run.info.experiment_id])
+    assert [(m.source_run_id, str(m.status)) for m in models] == ([(run_id, "READY")] if log_model else [])
+    assert [o.model_id for o in run.outputs.model_outputs] == [m.model_id for m in models]
+    return run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["mid_epoch:1", "after_backup:1", "after_fit", "model_logging", "before_publish",
+                                   "after_finish"])
+def test_a_kill_at_any_instant_then_the_same_command_finishes_the_one_run(
+        point: str, make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
+    killed = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: point}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (stopped,) = runs(workdir)
+    assert (stopped.info.status == "FINISHED") == (point == "after_finish")
+    again = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert assert_one_complete_run(workdir, epochs=3) == stopped.info.run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_the_run_killed_and_the_rerun_continues_it(
+        sig: str, make_cfg, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAILPOINT, f"mid_epoch:1@{sig}")
+    with pytest.raises(KeyboardInterrupt, match=f"stopped by {sig}"):
+        train(make_cfg(*JOB))
+    (run,) = runs(workdir)
+    assert run.info.status == "KILLED" and sig in run.data.tags["error"]
+    assert steps(workdir, run.info.run_id, "loss") == [0]
+    assert not (workdir / "runs").exists(), "no run folder before the run has finished"
+    (state,) = (workdir / "checkpoints").glob("p00-*/")
+    assert [p.name for p in (state / "backup").iterdir()] == ["epoch-0001.weights.h5"]
+    monkeypatch.delenv(FAILPOINT)
+    train(make_cfg(*JOB, "tracking.log_model=false", "project.description=changed"))  # neither is a param
+    assert assert_one_complete_run(workdir, epochs=3, log_model=False) == run.info.run_id, "error tag dropped"
+    assert store(workdir).get_run(run.info.run_id).data.tags["description"] == "changed"
+
+
+@pytest.mark.slow
+def test_a_second_process_with_the_same_settings_is_refused_and_shares_nothing(
+        make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
+    first = subprocess.Popen(job_command("cnnlab.train", workdir, tiny_data_dir, *JOB), cwd=ROOT, text=True,
+                             env=job_env(**{FAILPOINT: "mid_epoch:1@SIGSTOP"}), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while Path(f"/proc/{first.pid}/stat").read_text().split(") ")[1][0] != "T":  # frozen at the failpoint
+            assert first.poll() is None and time.monotonic() < deadline, "the job never reached its failpoint"
+            time.sleep(0.1)
+        with pytest.raises(RunBusy, match="p00 with these settings is being trained by another process"):
+            train(make_cfg(*JOB))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    assert_one_complete_run(workdir, epochs=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["run deleted", "store removed", "another store"])
+def test_a_stale_record_starts_a_new_run_with_a_message(change: str, make_cfg, workdir: Path, tiny_data_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    overrides = list(JOB)
+    if change == "store removed":  # all in separate processes: MLflow keeps a store it has opened open
+        killed = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: "mid_epoch:1"}))
+        assert killed.returncode == -signal.SIGKILL
+        (record,) = (workdir / "checkpoints").glob("p00-*/run.json")
+        old_run = json.loads(record.read_text())["run_id"]
+        (workdir / "mlflow.db").unlink()
+        shutil.rmtree(workdir / "mlruns")
+        done = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"run {old_run} of" in done.stdout and "is not in the store any more: starting a new run" in done.stdout
+    else:
+        monkeypatch.setenv(FAILPOINT, "mid_epoch:1@SIGTERM")
+        with pytest.raises(KeyboardInterrupt):
+            train(make_cfg(*JOB))
+        monkeypatch.delenv(FAILPOINT)
+        (old,) = runs(workdir)
+        old_run = old.info.run_id
+        if change == "run deleted":
+            store(workdir).delete_run(old_run)
+            expected = "was deleted: starting a new run"
+        else:
+            (workdir / "elsewhere").mkdir()
+            overrides.append(f"tracking.uri=sqlite:///{workdir / 'elsewhere' / 'mlflow.db'}")
+            expected = "not to this job's store and experiment: starting a new run"
+        assert train(make_cfg(*overrides))["epochs"] == 3 and expected in caplog.text
+    in_store = workdir / "elsewhere" if change == "another store" else workdir
+    assert assert_one_complete_run(workdir, epochs=3, store_dir=in_store) != old_run
+
+
+@pytest.mark.slow
+def test_runs_left_running_by_a_dead_sweep_are_ended_killed_and_the_job_still_resumes(
+        make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
+    killed = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, "tracking.log_model=false", multirun=True,
+                     env=job_env(**{FAILPOINT: "after_backup:0"}))
+    assert killed.returncode == -signal.SIGKILL
+    parent, orphan = runs(workdir)
+    assert (parent.data.tags["sweep"], parent.info.status, orphan.info.status) == ("true", "RUNNING", "RUNNING")
+    train(make_cfg("project=p01", "training.epochs=1", "tracking.log_model=false"))  # any later job notices them
+    for run in (parent, orphan):
+        ended = store(workdir).get_run(run.info.run_id)
+        assert ended.info.status == "KILLED" and ended.data.tags["error"].startswith("abandoned")
+    train(make_cfg(*JOB, "tracking.log_model=false"))
+    resumed = store(workdir).get_run(orphan.info.run_id)
+    assert resumed.info.status == "FINISHED" and steps(workdir, orphan.info.run_id, "loss") == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_diverging_loss_stops_the_job_with_a_clear_failure(make_cfg, workdir: Path) -> None:
+    cfg = make_cfg("project=p00", "training.epochs=5", "training.optimizer.learning_rate=1e30",
+                   "tracking.log_model=false")
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan.*training\.optimizer\.learning_rate"):
+        train(cfg)
+    (run,) = runs(workdir)
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
+    assert len(steps(workdir, run.info.run_id, "loss")) < 5, "NaN must stop training early"
+    assert not (workdir / "runs").exists() and not list((workdir / "checkpoints").glob("p00-*/"))
+
+
+@pytest.mark.slow
+def test_bad_values_stop_before_data_or_store_and_leave_earlier_results(make_cfg, workdir: Path,
+                                                                        tmp_path_factory) -> None:
+    first = train(make_cfg("project=p00", "training.epochs=1", "tracking.log_model=false"))
+    (folder,) = (workdir / "runs" / "p00").iterdir()
+    before = {str(p) for p in workdir.rglob("*") if "mlruns" not in p.parts}
+    (workdir / "a_file").write_text("not a folder")
+    fresh = tmp_path_factory.mktemp("fresh")
+    bad = {
+        "project.id=.": "project.id", "project.id=..": "project.id", "project.id=../../x": "project.id",
+        "model.layers.0.kernel_size=-1": "model.layers.0.kernel_size",
+        "+training.optimizer.momentum=0.9": "training.optimizer.momentum",
+        "training.optimizer.learning_rate=nan": "training.optimizer.learning_rate",
+        f"paths.runs={workdir / 'a_file' / 'runs'}": "paths.runs",
+        "tracking.uri=sqlite:////proc/cnnlab/mlflow.db": "tracking.uri",
+    }
+    for override, key in bad.items():
+        with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: "):
+            train(make_cfg("project=p00", "training.epochs=1", f"paths.data={fresh}", override))
+    assert not any(fresh.iterdir()), "no data was fetched or prepared"
+    after = {str(p) for p in workdir.rglob("*") if "mlruns" not in p.parts}
+    assert after == before | {str(workdir / "a_file")}, "nothing was created, moved or removed"
+    assert [r.info.run_id for r in runs(workdir)] == [folder.name]
+    assert json.loads((folder / "metrics.json").read_text()) == first
+    with pytest.raises(ConfigError, match="project.id"):
+        reevaluate(make_cfg("project.id=../../x"), workdir / "evaluation")
+
+
+def test_a_copied_store_is_refused_before_it_writes_into_the_original(make_cfg, workdir: Path) -> None:
+    open_store(make_cfg())
+    copy = workdir / "copy"
+    copy.mkdir()
+    shutil.copy(workdir / "mlflow.db", copy / "mlflow.db")
+    with pytest.raises(ConfigError, match=r"tracking.uri=.*copied or moved"):
+        open_store(make_cfg(f"tracking.uri=sqlite:///{copy / 'mlflow.db'}"))
+
+
+def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> None:
+    """What a job killed after training leaves, a rerun can use: the model saved in the state loads back."""
+    from cnnlab.runstate import RunState
+
+    with RunState.claim(make_cfg("project=p11")) as state:
+        assert state.trained_model() is None
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        state.keep_trained(model)
+        assert state.trained_model().count_params() == 3
+        state.clear()
+        assert not state.folder.exists()
