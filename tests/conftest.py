@@ -61,9 +61,10 @@ def job_command(module: str, workdir: Path, data_dir: Path, *overrides: str, mul
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+    """This process's environment without MLflow's variables (an in-process training in this test worker sets
+    MLFLOW_EXPERIMENT_ID), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
 def run_job(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False,

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one module-scoped repository
+pytestmark = pytest.mark.slow
 PROJECTS = [f"p{i:02d}" for i in range(12)]
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -29,12 +29,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 900,
        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     extra = env or {}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "GIT_AUTHOR_NAME": "cnnlab tests", "GIT_AUTHOR_EMAIL": "tests@cnnlab.invalid",
-           "GIT_COMMITTER_NAME": "cnnlab tests", "GIT_COMMITTER_EMAIL": "tests@cnnlab.invalid"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("KERAS_BACKEND", None)
+    env = job_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                  PYTHONPATH=str(repo / "src"), DVC_NO_ANALYTICS="1",
+                  GIT_AUTHOR_NAME="cnnlab tests", GIT_AUTHOR_EMAIL="tests@cnnlab.invalid",
+                  GIT_COMMITTER_NAME="cnnlab tests", GIT_COMMITTER_EMAIL="tests@cnnlab.invalid")
+    env.pop("KERAS_BACKEND", None)  # the pipeline's backend is params.yaml's
     env.update(extra)
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
@@ -47,7 +46,7 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="session")  # session: the pipeline's tests share a worker with others (pytest-xdist)
+@pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
     repo = tmp_path_factory.mktemp("pipeline") / "cnnlab"
