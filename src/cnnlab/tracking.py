@@ -71,14 +71,6 @@ def store_lock(uri: str) -> Iterator[None]:
                                   "(another process stuck opening the store?)")
 
 
-def client(uri: str) -> MlflowClient:
-    """An MlflowClient on `uri`, opened safely while other processes may be creating the same store."""
-    with store_lock(uri):
-        store = MlflowClient(uri)
-        store.search_experiments(max_results=1)  # opens (and if needed creates) the store under the lock
-    return store
-
-
 def check_store(uri: str) -> None:
     """Refuse, before anything is loaded or trained, a store that cannot be written (sqlite) or reached (HTTP),
     with the reason, instead of a hang or a failure after training."""
