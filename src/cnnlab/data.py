@@ -297,9 +297,10 @@ def _prepare(spec: DataSpec) -> None:
 def load(spec: DataSpec) -> Dataset:
     """Prepared arrays, fetched and prepared first when missing, damaged or made from other settings (by one
     process; the others wait for it)."""
-    if _prepared(spec) is None:
-        prepare(spec)
     info = _prepared(spec)
+    if info is None:
+        prepare(spec)
+        info = _prepared(spec)
     if info is None:
         raise DataError(f"{spec.prepared_dir} changed while it was being loaded (another process preparing "
                         f"{spec.name} with other settings?); try again")

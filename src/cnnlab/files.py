@@ -58,12 +58,12 @@ def replace_dir(staged: Path, target: Path) -> None:
         remove(aside)
 
 
-def publish_copy(source: Path, target: Path, names: list[str] | None = None) -> None:
-    """Copy the folder `source` (or only `names` from it) to `target`, published in one rename."""
+def publish_copy(source: Path, target: Path, names: list[str]) -> None:
+    """Copy the files `names` of the folder `source` to the folder `target`, published in one rename."""
     staged = temporary_beside(target, "copy")
     remove(staged)
     staged.mkdir(parents=True)
-    for name in names if names is not None else [p.name for p in source.iterdir()]:
+    for name in names:
         shutil.copy2(source / name, staged / name)
     replace_dir(staged, target)
 
