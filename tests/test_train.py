@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnlab.evaluate import reevaluate
 from cnnlab.tracking import EPOCH_METRICS
-from cnnlab.train import train
+from cnnlab.train import main, train
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,23 @@ def test_train_writes_outputs_and_a_complete_mlflow_run(trained, workdir: Path) 
     logged = mlflow.keras.load_model(model_uri)
     saved = keras.saving.load_model(out / "model.keras")
     np.testing.assert_allclose(logged.predict(images, verbose=0), saved.predict(images, verbose=0), atol=1e-6)
+
+
+def test_a_job_returns_its_best_validation_value_never_a_test_figure(trained, make_cfg) -> None:
+    cfg, metrics = trained
+    client = MlflowClient(cfg.tracking.uri)
+    (out,) = (Path(cfg.paths.runs) / "p00").iterdir()
+    run = client.get_run(out.name)
+    val_accuracy = [m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    val_loss = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert main(cfg) == pytest.approx(max(val_accuracy)) == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert metrics["selection"] == {"metric": "val_accuracy", "direction": "maximize",
+                                    "value": pytest.approx(max(val_accuracy)),
+                                    "epoch": val_accuracy.index(max(val_accuracy))}
+    by_loss = make_cfg("project=p00", "training.epochs=4", "training.batch_size=64", "selection.metric=val_loss",
+                       "selection.direction=minimize")
+    assert main(by_loss) == pytest.approx(min(val_loss)), "the same finished run, judged by another selection"
+    assert main(by_loss) != pytest.approx(metrics["test_loss"])
 
 
 def test_reevaluate_reproduces_the_test_accuracy_without_training(trained, make_cfg, workdir: Path) -> None:

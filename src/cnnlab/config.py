@@ -156,9 +156,23 @@ def validate(cfg: DictConfig) -> None:
         fail("on_finished", cfg.on_finished, f"one of {', '.join(ON_FINISHED)}")
     if not isinstance(cfg.publish, bool):
         fail("publish", cfg.publish, "true or false")
+    _check_selection(cfg)
     _check_data(cfg)
     _check_layers(cfg)
     _check_paths(cfg)
+
+
+SELECTION_METRICS = ("val_accuracy", "val_loss")
+DIRECTIONS = ("maximize", "minimize")
+
+
+def _check_selection(cfg: DictConfig) -> None:
+    """Runs are chosen on validation data, never on the test set (without a validation split, on nothing)."""
+    if cfg.selection.metric not in SELECTION_METRICS:
+        fail("selection.metric", cfg.selection.metric,
+             f"a validation metric ({', '.join(SELECTION_METRICS)}); the test set is never used for choosing")
+    if cfg.selection.direction not in DIRECTIONS:
+        fail("selection.direction", cfg.selection.direction, " or ".join(DIRECTIONS))
 
 
 def _check_training(t: DictConfig) -> None:

@@ -40,6 +40,22 @@ def as_columns(history: list[dict[str, float]]) -> dict[str, list[float]]:
     return {key: [row.get(key, float("nan")) for row in history] for key in keys}
 
 
+def selection(cfg: DictConfig, history: list[dict[str, float]]) -> dict[str, Any]:
+    """The run's value for choosing between runs: the best epoch of `selection.metric` (a validation metric)
+    in `selection.direction`; value and epoch are None when the run had no validation data."""
+    metric, direction = str(cfg.selection.metric), str(cfg.selection.direction)
+    values = [(row[metric], epoch) for epoch, row in enumerate(history)
+              if np.isfinite(row.get(metric, float("nan")))]
+    best = (max if direction == "maximize" else min)(values, default=(None, None))
+    return {"metric": metric, "direction": direction, "value": best[0], "epoch": best[1]}
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """history.csv's rows back as per-epoch metrics."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if k != "epoch" and v != ""} for row in csv.DictReader(f)]
+
+
 def write_history(history: list[dict[str, float]], path: Path) -> None:
     """history.csv: one row per epoch of the whole (possibly resumed) run, with the metrics it has (the
     journal's placeholders for metrics an epoch did not have, such as validation without a split, left out)."""
@@ -63,6 +79,7 @@ def stage(cfg: DictConfig, run_id: str, trained: Path, evaluation: dict[str, Any
         "per_class_accuracy": evaluation["per_class_accuracy"], "epochs": len(history),
         "train_seconds": round(float(sum(curves.get("epoch_seconds", []))), 2),
         "params": identity["params"], "reported_accuracy": cfg.project.reported_accuracy,
+        "selection": selection(cfg, history),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "run.json").write_text(json.dumps({"project": project, **identity}, indent=2) + "\n")

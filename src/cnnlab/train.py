@@ -117,7 +117,9 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
     state.clear()
     if cfg.publish:
         results.publish(cfg, folder)
-    return json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    # judged on its history by this job's selection (the run may have been made under another one)
+    return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
 
 
 def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: str) -> dict[str, Any]:
@@ -137,7 +139,9 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
                 "params": int(tags.get("params") or model.get_layer(str(cfg.model.name)).count_params())}
     staged = results.stage(cfg, run_id, state.trained_file, evaluation, data.class_names, identity, history)
     metrics = json.loads((staged / "metrics.json").read_text())
-    tracking.log_results(run_id, {
+    chosen = metrics["selection"]
+    best = {} if chosen["value"] is None else {f"best_{chosen['metric']}": chosen["value"]}
+    tracking.log_results(run_id, {**best,
         "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
         "epochs_run": metrics["epochs"], "train_seconds": metrics["train_seconds"],
         **{f"test_accuracy_{name}": acc for name, acc in metrics["per_class_accuracy"].items()},
@@ -180,9 +184,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def selected_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The job's value for Hydra (a sweep's or search's objective): the run's best validation `selection.metric`,
+    never a test figure."""
+    if metrics["selection"]["value"] is None:
+        log.warning("%s had no validation data (training.validation_split=0): no value to choose it by",
+                    cfg.project.id)
+    return metrics["selection"]["value"]
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point. In a sweep, a failed job is logged and recorded FAILED, and the sweep goes on."""
+    """Hydra entry point; returns the run's best validation metric (see `selected_value`). In a sweep, a failed
+    job is logged and recorded FAILED, and the sweep goes on."""
     try:
         metrics = train(cfg)
     except Exception as err:
@@ -192,7 +206,7 @@ def main(cfg: DictConfig) -> float | None:
         if not getattr(err, "mlflow_run_id", None):
             tracking.log_rejected_job(cfg, err)
         return None
-    return metrics["test_accuracy"]
+    return selected_value(cfg, metrics)
 
 
 if __name__ == "__main__":
