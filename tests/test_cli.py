@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnlab.console import has_nvidia_driver
 from cnnlab.faults import ENV as FAILPOINT
 from tests.conftest import ROOT, job_env, run_job
 
@@ -59,19 +60,36 @@ def test_a_failing_job_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path, 
 
 def test_single_run_with_a_bad_value_exits_before_training(tmp_path: Path, tiny_data_dir: Path) -> None:
     done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=0")
-    assert done.returncode != 0
-    assert "training.epochs=0 is not allowed: a positive integer" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr == "error: training.epochs=0 is not allowed: a positive integer\n", "one line, no traceback"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    verbose = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=0",
+                      env=job_env(HYDRA_FULL_ERROR="1"))
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "cnnlab.config.ConfigError" in verbose.stderr
 
 
-def test_evaluate_cli_reevaluates_a_trained_model(tmp_path: Path, tiny_data_dir: Path) -> None:
-    assert run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p04", "training.epochs=1").returncode == 0
+def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(tmp_path: Path,
+                                                                        tiny_data_dir: Path) -> None:
+    """Also: on a machine without an NVIDIA driver, training prints none of TensorFlow's CUDA probe lines (with
+    TensorFlow's own log level left at its default)."""
+    env = {k: v for k, v in job_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    trained = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p04", "training.epochs=1", env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    if not has_nvidia_driver():
+        printed = trained.stdout + trained.stderr
+        assert not re.search(r"cuda|cuInit|absl::InitializeLog", printed, re.IGNORECASE), printed[:3000]
     (model,) = (tmp_path / "runs" / "p04").glob("*/model.keras")
     done = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04", f"evaluate.model={model}")
     assert done.returncode == 0, done.stderr[-3000:]
     evaluated = json.loads((tmp_path / "hydra" / "metrics.json").read_text())
     trained = json.loads((model.parent / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
+    other = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04", f"evaluate.model={model}",
+                    "data=cifar10")
+    assert other.returncode == 2
+    assert other.stderr == (f"error: {model} was trained on data=tiny, not data=cifar10: its accuracy there means "
+                            "nothing; give data=tiny, or evaluate.allow_other_data=true evaluates it anyway\n")
+    assert not (tiny_data_dir / "raw" / "cifar10").exists(), "refused before fetching anything"
 
 
 def test_twelve_projects_in_parallel_on_an_empty_folder(tmp_path: Path) -> None:
@@ -99,6 +117,8 @@ def test_three_learning_rates_of_one_project_in_parallel_keep_three_results(tmp_
     folders = sorted((tmp_path / "runs" / "p00").iterdir())
     assert sorted(p.name for p in folders) == sorted(r.info.run_id for r in children), "one folder per run"
     assert len({(p / "model.keras").read_bytes() for p in folders}) == 3, "three distinct models, none overwritten"
+    names = sorted(r.info.run_name.split(" · ")[3] for r in children)
+    assert names == ["learning_rate=0.001", "learning_rate=0.002", "learning_rate=0.003"], "named by what varies"
 
 
 def test_ctrl_c_in_a_sweep_ends_the_job_and_the_parent_killed(tmp_path: Path, tiny_data_dir: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from cnnlab.config import ConfigError, cap_epochs, compose, result_key, settings, use_backend, validate
+from cnnlab.config import ConfigError, capped, compose, result_key, settings, use_backend, validate
+from cnnlab.tracking import run_name
 from tests.conftest import CONF, compose_config
 from tests.test_models import EXPECTED_PARAMS
 
@@ -114,10 +115,18 @@ def test_settings_hold_what_decides_the_model_and_nothing_else() -> None:
 
 @pytest.mark.parametrize("project", sorted(EXPECTED_PARAMS))
 def test_an_epoch_cap_keeps_every_project_valid(project: str) -> None:
-    overrides = [f"project={project}"]
-    capped = compose_config(*overrides, *cap_epochs(compose_config(*overrides), 1))
-    assert capped.training.epochs == 1
-    validate(capped)
+    cfg = capped(compose_config(f"project={project}", "max_epochs=1"))
+    assert cfg.training.epochs == 1
+    validate(cfg)
+
+
+def test_run_names_tell_apart_data_epochs_caps_and_settings() -> None:
+    tiny = compose_config("project=p00", "data=tiny", "training.epochs=3")
+    real = capped(compose_config("project=p00", "data=cifar10", "max_epochs=3"))
+    names = {run_name(cfg, result_key(cfg)) for cfg in (tiny, real, compose_config("project=p00", "data=tiny"))}
+    assert len(names) == 3
+    assert run_name(real, "abcdef0123").startswith("p00 · cifar10 · 3 ep (cap 3) · abcdef")
+    assert run_name(tiny, "abcdef0123") == "p00 · tiny · 3 ep · abcdef"
 
 
 def test_unknown_backend_is_refused_before_keras_starts() -> None:

@@ -90,13 +90,17 @@ def result_key(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cap_epochs(cfg: DictConfig, cap: int) -> list[str]:
-    """Overrides that limit `cfg` to at most `cap` epochs (0: no cap) and keep it valid: the warm-up shrinks
-    with the epochs."""
-    t = cfg.training
+def capped(cfg: DictConfig) -> DictConfig:
+    """`cfg` with at most `max_epochs` epochs (0: no cap), kept valid: the warm-up shrinks with the epochs."""
+    t, cap = cfg.training, cfg.max_epochs
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        fail("max_epochs", cap, "a non-negative integer (0 = no cap)")
     if not cap or t.epochs <= cap:
-        return []
-    return [f"training.epochs={cap}", f"training.optimizer.warmup_epochs={min(t.optimizer.warmup_epochs, cap - 1)}"]
+        return cfg
+    cfg = cfg.copy()
+    cfg.training.epochs = cap
+    cfg.training.optimizer.warmup_epochs = min(t.optimizer.warmup_epochs, cap - 1)
+    return cfg
 
 
 def check_id(key: str, value: Any) -> str:
@@ -108,7 +112,8 @@ def check_id(key: str, value: Any) -> str:
 
 
 def use_backend(backend: str) -> None:
-    """Select the Keras backend; refuses a backend other than the one already imported."""
+    """Select the Keras backend and start it (quietly, see cnnlab.console); refuses a backend other than the one
+    already imported."""
     if backend not in BACKENDS:
         fail("backend", backend, f"one of {', '.join(BACKENDS)}")
     if importlib.util.find_spec(backend) is None:
@@ -120,7 +125,9 @@ def use_backend(backend: str) -> None:
             fail("backend", backend, f"Keras is already running on {keras.backend.backend()!r} in this process "
                  "(set KERAS_BACKEND or backend= before starting)")
     os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from cnnlab.console import start_backend
+
+    start_backend()
 
 
 def _positive_int(value: Any, key: str) -> None:

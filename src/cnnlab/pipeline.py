@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from cnnlab.config import BACKENDS, apply_settings, cap_epochs, check_id, compose, settings
+from cnnlab.config import BACKENDS, apply_settings, capped, check_id, compose, settings
+from cnnlab.console import one_line_errors
 
 COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
@@ -43,20 +44,22 @@ def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
 
 
 def run_overrides(params: dict[str, Any]) -> list[str]:
-    """Overrides every stage composes with: the data set and the backend from params.yaml (the environment's
-    KERAS_BACKEND does not reach the pipeline: DVC cannot see it, so it could not invalidate anything)."""
+    """Overrides every stage composes with: the data set, the backend and the epoch cap from params.yaml (the
+    environment's KERAS_BACKEND does not reach the pipeline: DVC cannot see it, so it could not invalidate
+    anything)."""
     if os.environ.get("KERAS_BACKEND", params["backend"]) != params["backend"]:
         log.warning("KERAS_BACKEND=%s is ignored by the pipeline, which uses params.yaml's backend=%s "
                     "(dvc exp run -S backend=...)", os.environ["KERAS_BACKEND"], params["backend"])
-    return [f"data={params['data']}", f"backend={params['backend']}"]
+    return [f"data={params['data']}", f"backend={params['backend']}", f"max_epochs={params.get('max_epochs', 0)}"]
 
 
 def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
     """The settings the pipeline trains `project` with: its conf/ settings, params.yaml's seed, epoch cap."""
     overrides = [f"project={project}", *run_overrides(params), f"training.seed={params['seed']}"]
-    return settings(compose(overrides + cap_epochs(compose(overrides), params.get("max_epochs", 0))))
+    return settings(capped(compose(overrides)))
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     parser = argparse.ArgumentParser(prog="python -m cnnlab.pipeline", description=__doc__)

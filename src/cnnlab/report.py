@@ -1,9 +1,9 @@
 """`python -m cnnlab.report`: the leaderboard of the pipeline's projects, reproduced beside the source.
 
 Reads what the pipeline published for the projects in params.yaml, `metrics/<project>.json` (the figures) and
-`outputs/<project>/run.json` (the MLflow run and the device), and writes `reports/leaderboard.md` (project,
-cnnlab's and the source's test accuracy, difference, params, epochs, train time, device, MLflow run) and
-`reports/leaderboard.png`."""
+`outputs/<project>/run.json` (the MLflow run), and writes `reports/leaderboard.md` (project, cnnlab's and the
+source's test accuracy in percent, difference, params, epochs, epoch cap, train time, the data's checksum,
+device, MLflow run; above it which data, cap and devices the figures come from) and `reports/leaderboard.png`."""
 
 from __future__ import annotations
 
@@ -32,25 +32,36 @@ def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path) -> list
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+    return "–" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(rows: list[dict[str, Any]], data: str) -> str:
+def provenance(rows: list[dict[str, Any]]) -> str:
+    """Which data (source and checksum), which epoch cap and which devices the figures come from."""
+    data = sorted({f"{r['data']['name']}, {r['data']['source']}, prepared sha256 {r['data']['sha256'][:12]}"
+                   for r in rows})
+    caps = sorted({r.get("epoch_cap") or 0 for r in rows})
+    cap = "no epoch cap" if caps == [0] else "epochs capped at " + " / ".join(str(c or "none") for c in caps)
+    devices = sorted({r.get("device") or "unknown device" for r in rows})
+    return f"Data: {'; '.join(data)}. {cap[0].upper()}{cap[1:]}. Device: {'; '.join(devices)}."
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Leaderboard", "",
-        f"Test accuracy on {data} ({'CIFAR-10' if data == 'cifar10' else 'the tiny synthetic set'}), "
-        "cnnlab's reproduction beside the source's reported figure. "
-        f"MLflow links assume `mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
-        "| project | cnnlab % | source % | difference | params | epochs | train s | device | MLflow run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure. "
+        f"{provenance(rows)} MLflow links assume `mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
+        "| project | cnnlab % | source % | difference | params | epochs | cap | train s | data sha256 | device "
+        "| MLflow run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ours, source = 100 * r["test_accuracy"], r.get("reported_accuracy")
-        diff = "–" if source is None else f"{ours - source:+.2f}"
+        ours, source = r["test_accuracy"], r.get("reported_accuracy")
+        diff = "–" if source is None else f"{100 * (ours - source):+.2f}"
         run = r.get("mlflow_run_id", "")
         link = f"[{run[:8]}]({UI}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
-        lines.append(f"| {r['project'].upper()} | {ours:.2f} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
-                     f"{r.get('epochs', '–')} | {r.get('train_seconds', '–')} | {r.get('device') or '–'} | {link} |")
+        lines.append(f"| {r['project'].upper()} | {_pct(ours)} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
+                     f"{r.get('epochs', '–')} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
+                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {link} |")
     return "\n".join(lines) + "\n"
 
 
@@ -59,14 +70,15 @@ def figure(rows: list[dict[str, Any]]) -> Any:
 
     names = [r["project"].upper() for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.8), 4))
+    fig, ax = plt.subplots(figsize=(max(7, len(rows) * 0.8), 4.4))
     ax.bar(x - 0.2, [100 * r["test_accuracy"] for r in rows], 0.4, label="cnnlab")
-    ax.bar(x + 0.2, [r.get("reported_accuracy") or 0 for r in rows], 0.4, label="source (0 = not reported)")
+    ax.bar(x + 0.2, [100 * (r.get("reported_accuracy") or 0) for r in rows], 0.4, label="source (0 = not reported)")
     ax.set_xticks(x, names)
     ax.set(ylabel="test accuracy %", title="cnnlab vs the source")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, provenance(rows), fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -75,7 +87,7 @@ def main() -> None:
     rows = load_rows(params["projects"], Path("metrics"), Path("outputs"))
     out = Path("reports")
     out.mkdir(exist_ok=True)
-    (out / "leaderboard.md").write_text(markdown(rows, params["data"]))
+    (out / "leaderboard.md").write_text(markdown(rows))
     plots.save(figure(rows), out / "leaderboard.png")
     print((out / "leaderboard.md").read_text())
 

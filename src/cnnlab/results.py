@@ -40,6 +40,13 @@ def as_columns(history: list[dict[str, float]]) -> dict[str, list[float]]:
     return {key: [row.get(key, float("nan")) for row in history] for key in keys}
 
 
+def reported_accuracy(cfg: DictConfig) -> float | None:
+    """The source's test accuracy as a fraction, the unit of cnnlab's own figures (the config quotes the source's
+    percent)."""
+    reported = cfg.project.reported_accuracy
+    return None if reported is None else round(reported / 100, 4)
+
+
 def selection(cfg: DictConfig, history: list[dict[str, float]]) -> dict[str, Any]:
     """The run's value for choosing between runs: the best epoch of `selection.metric` (a validation metric)
     in `selection.direction`; value and epoch are None when the run had no validation data."""
@@ -78,8 +85,11 @@ def stage(cfg: DictConfig, run_id: str, trained: Path, evaluation: dict[str, Any
         "test_accuracy": evaluation["test_accuracy"], "test_loss": evaluation["test_loss"],
         "per_class_accuracy": evaluation["per_class_accuracy"], "epochs": len(history),
         "train_seconds": round(float(sum(curves.get("epoch_seconds", []))), 2),
-        "params": identity["params"], "reported_accuracy": cfg.project.reported_accuracy,
+        "params": identity["params"], "reported_accuracy": reported_accuracy(cfg),
         "selection": selection(cfg, history),
+        "data": {"name": identity["data"], "source": identity["data_source"], "md5": identity["data_md5"],
+                 "sha256": identity["data_sha256"]},
+        "epoch_cap": identity["epoch_cap"], "device": identity["device"],
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "run.json").write_text(json.dumps({"project": project, **identity}, indent=2) + "\n")

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab import faults
 from cnnlab.config import fail, settings
@@ -36,6 +36,7 @@ from cnnlab.runstate import RunState
 log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CNNLAB_SWEEP_RUN_ID"
+SWEEP_VARIED_ENV = "CNNLAB_SWEEP_VARIED"
 PARENT_TAG = "mlflow.parentRunId"
 KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
 HOST = socket.gethostname()
@@ -133,6 +134,13 @@ def flatten(node: Any) -> dict[str, str]:
     return flat
 
 
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    """A run's params, what users compare (the compare view's axes): the settings that decide the model, except
+    the data's identity (`data.generate.*`, md5), which is described by the tags data, data_source, data_md5 and
+    data_sha256 instead."""
+    return {key: value for key, value in flatten(settings(cfg)).items() if not key.startswith("data.")}
+
+
 def git_commit() -> str:
     """HEAD of the working tree (with '-dirty' when it has changes), or 'unknown' outside git."""
     try:
@@ -149,7 +157,7 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
     tags = {
         "project": str(cfg.project.id),
         "reported_accuracy": "not reported" if cfg.project.reported_accuracy is None
-        else f"{cfg.project.reported_accuracy:.2f}",
+        else f"{cfg.project.reported_accuracy / 100:.4f}",  # a fraction, like test_accuracy
         "description": str(cfg.project.description),
         "git_commit": git_commit(),
         "keras_backend": str(cfg.backend),
@@ -160,6 +168,40 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
     if sweep:
         tags[PARENT_TAG] = sweep
     return tags
+
+
+def sweep_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: its sweep overrides (`a=1,2`, `glob(...)`, `range(...)`) and the sweeper's
+    search space (`hydra.sweeper.params`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    space = config.hydra.sweeper.get("params") or {}
+    return list(dict.fromkeys([o.key_or_group for o in parsed if o.is_sweep_override()] + list(space)))
+
+
+def _value_of(cfg: DictConfig, key: str) -> str:
+    """A varied key's value in this job: the option chosen for a config group, the value otherwise."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if isinstance(value, DictConfig | ListConfig) or value is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get(key, value)) if HydraConfig.initialized() else str(value)
+    return str(value)
+
+
+def run_name(cfg: DictConfig, key: str) -> str:
+    """A name that tells runs apart in the runs table: project, data, epochs (and a cap in force), the values a
+    sweep varies, and the start of the settings' hash."""
+    epochs = f"{cfg.training.epochs} ep" + (f" (cap {cfg.max_epochs})" if cfg.max_epochs else "")
+    varied = [k for k in filter(None, os.environ.get(SWEEP_VARIED_ENV, "").split(",")) if k not in ("project", "data")]
+    values = [f"{k.rsplit('.', 1)[-1]}={_value_of(cfg, k)}" for k in varied]
+    return " · ".join([str(cfg.project.id), str(cfg.data.name), epochs, *values, key[:6]])
+
+
+def name_with_result(run_id: str, cfg: DictConfig, key: str, test_accuracy: float) -> None:
+    """The finished run's name also shows its test accuracy, so the runs table shows it without added columns."""
+    MlflowClient().update_run(run_id, name=f"{run_name(cfg, key)} · test {test_accuracy:.1%}")
 
 
 def finished_run(experiment_id: str, key: str) -> Any | None:
@@ -241,7 +283,7 @@ def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str
     tags = {**base_tags(cfg), **tags, KEY_TAG: state.key, HOST_TAG: HOST, STATE_TAG: str(state.folder.resolve())}
     if run_id is None:
         state.reset()
-        run = mlflow.start_run(run_name=str(cfg.project.id), tags=tags)
+        run = mlflow.start_run(run_name=run_name(cfg, state.key), tags=tags)
         state.remember(tracking_uri=cfg.tracking.uri, experiment_id=experiment_id, run_id=run.info.run_id)
     else:
         log.info("resuming MLflow run %s from %s", run_id, state.folder)
@@ -249,7 +291,7 @@ def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str
         if "error" in run.data.tags:
             MlflowClient().delete_tag(run_id, "error")  # the failure it ended with is over
     logged = MlflowClient().get_run(run.info.run_id).data.params
-    params = flatten(settings(cfg))
+    params = run_params(cfg)
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     try:
         yield run
@@ -350,11 +392,13 @@ class SweepRunCallback(Callback):
                   PID_TAG: str(os.getpid())},
         )
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
+        os.environ[SWEEP_VARIED_ENV] = ",".join(sweep_keys(config))
         atexit.register(_end_unfinished_sweep, run.info.run_id)
         log.info("sweep parent run %s", run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent = os.environ.pop(SWEEP_RUN_ENV, None)
+        os.environ.pop(SWEEP_VARIED_ENV, None)
         if parent is None:
             return
         atexit.unregister(_end_unfinished_sweep)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import hydra
@@ -21,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cnnlab import faults, results, tracking
-from cnnlab.config import use_backend, validate
-from cnnlab.data import Dataset, DataSpec, load
+from cnnlab.config import capped, use_backend, validate
+from cnnlab.console import one_line_errors
+from cnnlab.data import Dataset, DataSpec, data_md5, data_source, load
 from cnnlab.runstate import RunState
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def device_name() -> str:
-    """The devices Keras computes on, with the accelerator's model where the backend tells it."""
+    """The devices Keras computes on, with the accelerator's model where the backend tells it (and the CPU's
+    core count when it computes on the CPU alone)."""
     import keras
 
     devices = ", ".join(keras.distribution.list_devices())
+    if devices.lower() == "cpu:0":
+        return f"{os.cpu_count()}-core CPU (no GPU)"
     if keras.backend.backend() == "jax":
         import jax
 
@@ -135,7 +140,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
     history = state.history(state.epochs_done())
     tags = run.data.tags
     identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": run.info.experiment_id, "key": state.key,
-                "device": tags.get("device"), "data": tags.get("data"), "data_sha256": data.checksum,
+                **{key: tags.get(key) for key in ("device", "data", "data_source", "data_md5", "data_sha256")},
+                "epoch_cap": cfg.max_epochs or None,
                 "params": int(tags.get("params") or model.get_layer(str(cfg.model.name)).count_params())}
     staged = results.stage(cfg, run_id, state.trained_file, evaluation, data.class_names, identity, history)
     metrics = json.loads((staged / "metrics.json").read_text())
@@ -146,6 +152,7 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
         "epochs_run": metrics["epochs"], "train_seconds": metrics["train_seconds"],
         **{f"test_accuracy_{name}": acc for name, acc in metrics["per_class_accuracy"].items()},
     }, staged, results.ARTIFACTS)
+    tracking.name_with_result(run_id, cfg, state.key, metrics["test_accuracy"])
     if cfg.tracking.log_model:
         tracking.log_model_once(state, run_id, model, data.x_test[:2].astype("float32"),
                                 [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"])
@@ -162,6 +169,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     evaluate it, keep and track its results; returns its metrics."""
     use_backend(cfg.backend)
     validate(cfg)
+    cfg = capped(cfg)
     from cnnlab.callbacks import signals_interrupt
 
     experiment_id = tracking.open_store(cfg)
@@ -170,7 +178,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if done is not None:
             return done
         data = load(DataSpec.from_config(cfg))
-        tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name()}
+        tags = {"data": str(cfg.data.name), "data_source": data_source(cfg), "data_md5": str(data_md5(cfg) or "-"),
+                "data_sha256": data.checksum, "epoch_cap": str(cfg.max_epochs or "none"), "device": device_name()}
         with tracking.job_run(cfg, state, experiment_id, tags) as run, signals_interrupt():
             model = state.trained_model()
             if model is None:
@@ -179,8 +188,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics = finish(cfg, model, data, state, run.info.run_id)
         faults.reach("after_finish")
         state.clear()
-    log.info("%s: test accuracy %.4f after %d epochs in %.1fs -> %s", cfg.project.id, metrics["test_accuracy"],
-             metrics["epochs"], metrics["train_seconds"], results.run_folder(cfg, run.info.run_id))
+    log.info("%s: test accuracy %.4f after %d epochs in %.1fs; MLflow run %s, its files in %s%s",
+             cfg.project.id, metrics["test_accuracy"], metrics["epochs"], metrics["train_seconds"], run.info.run_id,
+             results.run_folder(cfg, run.info.run_id),
+             f" (published to {cfg.paths.outputs}/{cfg.project.id})" if cfg.publish else
+             f" ({cfg.paths.outputs}/{cfg.project.id}, the pipeline's, is only written by dvc repro)")
     return metrics
 
 
@@ -194,6 +206,7 @@ def selected_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the run's best validation metric (see `selected_value`). In a sweep, a failed
     job is logged and recorded FAILED, and the sweep goes on."""
