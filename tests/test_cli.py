@@ -117,7 +117,7 @@ def test_three_learning_rates_of_one_project_in_parallel_keep_three_results(tmp_
     folders = sorted((tmp_path / "runs" / "p00").iterdir())
     assert sorted(p.name for p in folders) == sorted(r.info.run_id for r in children), "one folder per run"
     assert len({(p / "model.keras").read_bytes() for p in folders}) == 3, "three distinct models, none overwritten"
-    names = sorted(r.info.run_name.split(" · ")[3] for r in children)
+    names = sorted(r.info.run_name.split(" · ")[1] for r in children)
     assert names == ["learning_rate=0.001", "learning_rate=0.002", "learning_rate=0.003"], "named by what varies"
 
 

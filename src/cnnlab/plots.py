@@ -11,12 +11,13 @@ from matplotlib.figure import Figure  # noqa: E402
 
 
 def learning_curves(history: dict[str, list[float]], title: str) -> Figure:
-    """Loss and accuracy per epoch, training against validation."""
+    """Loss and accuracy per epoch, training against validation (with markers, so a one-epoch run shows too)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             if key in history:
-                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=label)
+                ax.plot(np.arange(1, len(history[key]) + 1), history[key], marker="o", markersize=3,
+                        label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend()

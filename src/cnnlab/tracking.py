@@ -190,18 +190,20 @@ def _value_of(cfg: DictConfig, key: str) -> str:
     return str(value)
 
 
-def run_name(cfg: DictConfig, key: str) -> str:
-    """A name that tells runs apart in the runs table: project, data, epochs (and a cap in force), the values a
-    sweep varies, and the start of the settings' hash."""
+def run_name(cfg: DictConfig, key: str, test_accuracy: float | None = None) -> str:
+    """A name that tells runs apart in the runs table, most telling first (the UI cuts long names): project,
+    test accuracy once known, the values a sweep varies, data, epochs (and a cap in force), the start of the
+    settings' hash."""
     epochs = f"{cfg.training.epochs} ep" + (f" (cap {cfg.max_epochs})" if cfg.max_epochs else "")
     varied = [k for k in filter(None, os.environ.get(SWEEP_VARIED_ENV, "").split(",")) if k not in ("project", "data")]
     values = [f"{k.rsplit('.', 1)[-1]}={_value_of(cfg, k)}" for k in varied]
-    return " · ".join([str(cfg.project.id), str(cfg.data.name), epochs, *values, key[:6]])
+    head = str(cfg.project.id) + ("" if test_accuracy is None else f" test {test_accuracy:.1%}")
+    return " · ".join([head, *values, str(cfg.data.name), epochs, key[:6]])
 
 
 def name_with_result(run_id: str, cfg: DictConfig, key: str, test_accuracy: float) -> None:
     """The finished run's name also shows its test accuracy, so the runs table shows it without added columns."""
-    MlflowClient().update_run(run_id, name=f"{run_name(cfg, key)} · test {test_accuracy:.1%}")
+    MlflowClient().update_run(run_id, name=run_name(cfg, key, test_accuracy))
 
 
 def finished_run(experiment_id: str, key: str) -> Any | None:
