@@ -1,0 +1,50 @@
+"""README.md stays true to the repository: its list of config groups is conf/'s, every config it names exists,
+and it points at nothing outside the repository (a user's clone has nothing beside it)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import CONF, ROOT
+
+README = (ROOT / "README.md").read_text()
+GROUP_LINE = re.compile(r"^- `([\w/]+)/` \(([^)]*)\)", re.MULTILINE)
+
+
+def _options(listed: str) -> set[str]:
+    """`a`, `b`, `p00`…`p12` -> {a, b, p00, ..., p12}."""
+    options: set[str] = set()
+    for first, last in re.findall(r"`p(\d+)`…`p(\d+)`", listed):
+        options |= {f"p{i:02d}" for i in range(int(first), int(last) + 1)}
+    options |= set(re.findall(r"`([\w.-]+)`", re.sub(r"`p\d+`…`p\d+`", "", listed)))
+    return options
+
+
+def test_the_listed_config_groups_and_options_are_exactly_conf() -> None:
+    listed = {group: _options(options) for group, options in GROUP_LINE.findall(README)}
+    listed = {group: options for group, options in listed.items() if options}  # local/: git-ignored, no options
+    on_disk: dict[str, set[str]] = {}
+    for path in CONF.rglob("*.yaml"):
+        group = path.parent.relative_to(CONF).as_posix()
+        if group != ".":
+            on_disk.setdefault(group, set()).add(path.stem)
+    assert listed == on_disk
+
+
+def test_every_config_the_readme_names_exists() -> None:
+    named = re.findall(r"(?<![\w.])(data|model|augmentation|training|tracking|project|hydra/launcher)=([\w,]+)",
+                       README)
+    assert len(named) > 10, "the pattern must find README's overrides"
+    for group, options in named:
+        for option in options.split(","):
+            if option != "glob":
+                assert (CONF / group / f"{option}.yaml").is_file(), f"{group}={option}"
+    files = [f for f in re.findall(r"`(conf/[\w/.*-]+)`", README) if not f.startswith("conf/local/default")]
+    assert files
+    for name in files:
+        assert list(ROOT.glob(name.rstrip("/"))), name
+
+
+def test_the_readme_points_at_nothing_outside_the_repository() -> None:
+    outside = re.findall(r".{0,20}\.\./\w{2,}.{0,20}", README)  # not the unsafe project id `../x` it lists
+    assert not outside, outside
