@@ -12,15 +12,18 @@ import logging
 import os
 import socket
 import subprocess
+import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
 from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunStatus
@@ -34,6 +37,7 @@ from cnnlab.files import writable_dir
 from cnnlab.runstate import RunState
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
 
 SWEEP_RUN_ENV = "CNNLAB_SWEEP_RUN_ID"
 SWEEP_VARIED_ENV = "CNNLAB_SWEEP_VARIED"
@@ -99,9 +103,12 @@ def open_store(cfg: DictConfig) -> str:
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
-        experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-        if experiment is None:
-            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(uri))
+        if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+            try:
+                mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(uri))
+            except MlflowException as err:  # on a server, another client's job created it just now
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         experiment = mlflow.set_experiment(cfg.tracking.experiment)
     expected = artifact_location(uri)
     if expected and experiment.artifact_location.startswith("file:") and experiment.artifact_location != expected:
@@ -283,13 +290,16 @@ def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str
     end_abandoned_runs(experiment_id)
     run_id = _resumable(cfg, state, experiment_id)
     tags = {**base_tags(cfg), **tags, KEY_TAG: state.key, HOST_TAG: HOST, STATE_TAG: str(state.folder.resolve())}
+    system_metrics = bool(cfg.tracking.system_metrics)
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(float(cfg.tracking.system_metrics_interval))
     if run_id is None:
         state.reset()
-        run = mlflow.start_run(run_name=run_name(cfg, state.key), tags=tags)
+        run = mlflow.start_run(run_name=run_name(cfg, state.key), tags=tags, log_system_metrics=system_metrics)
         state.remember(tracking_uri=cfg.tracking.uri, experiment_id=experiment_id, run_id=run.info.run_id)
     else:
         log.info("resuming MLflow run %s from %s", run_id, state.folder)
-        run = mlflow.start_run(run_id=run_id, tags=tags)
+        run = mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics)
         if "error" in run.data.tags:
             MlflowClient().delete_tag(run_id, "error")  # the failure it ended with is over
     logged = MlflowClient().get_run(run.info.run_id).data.params
@@ -300,10 +310,35 @@ def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str
     except BaseException as err:
         record_failure(err)
         err.mlflow_run_id = run.info.run_id  # tells the sweep handler this failure is already recorded
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt)
-                                           else RunStatus.FAILED))
+        # KeyboardInterrupt: Ctrl-C or SIGTERM (cnnlab.callbacks); SystemExit: submitit requeueing a task
+        stopped = isinstance(err, KeyboardInterrupt | SystemExit)
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED))
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_datasets(run_id: str, splits: dict[str, tuple[Any, Any]], source: Path, name: str, sha256: str) -> None:
+    """Dataset lineage: each split the run used (training, validation, test) as an MLflow dataset input, named
+    `<data>-<split>`, sourced from the prepared file and with the prepared data's sha256 as its digest (cut to the
+    36 characters MLflow's dataset table holds; the whole sha256 is the input's tag `sha256`). Logged once: a
+    resumed run that has them logs nothing."""
+    if MlflowClient().get_run(run_id).inputs.dataset_inputs:
+        return
+    for context, (images, labels) in splits.items():
+        with warnings.catch_warnings():  # MLflow registers its local source class twice, then warns about it
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(images, source=str(source.resolve()), targets=labels,
+                                             name=f"{name}-{context}", digest=sha256[:36])
+        for attempt in range(3):
+            try:
+                mlflow.log_input(dataset, context=context, tags={"sha256": sha256})
+                break
+            except MlflowException:
+                # jobs logging the same new dataset at once race in MLflow's check-then-insert (the dataset's
+                # unique key); the next attempt finds the dataset the other job created and only links it
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
 
 def replay_epochs(run_id: str, history: list[dict[str, float]]) -> None:

@@ -49,11 +49,25 @@ def device_name() -> str:
     return devices
 
 
+def fit_count(data: Dataset, validation_split: float) -> int:
+    """How many training images are fitted on: the last `validation_split` of them are held out."""
+    return len(data.x_train) - int(len(data.x_train) * validation_split)
+
+
+def lineage(data: Dataset, validation_split: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The images and labels of each split the run uses, by MLflow's dataset contexts."""
+    n_fit = fit_count(data, validation_split)
+    splits = {"training": (data.x_train[:n_fit], data.y_train[:n_fit])}
+    if n_fit < len(data.x_train):
+        splits["validation"] = (data.x_train[n_fit:], data.y_train[n_fit:])
+    return {**splits, "test": (data.x_test, data.y_test)}
+
+
 def split(data: Dataset, validation_split: float) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     """Training images and one-hot labels, and the last `validation_split` of them as validation data."""
     import keras
 
-    n_fit = len(data.x_train) - int(len(data.x_train) * validation_split)
+    n_fit = fit_count(data, validation_split)
     onehot = keras.utils.to_categorical(data.y_train, 10)
     validation = (data.x_train[n_fit:], onehot[n_fit:]) if n_fit < len(data.x_train) else None
     return data.x_train[:n_fit], onehot[:n_fit], validation
@@ -177,10 +191,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         done = finished(cfg, experiment_id, state)
         if done is not None:
             return done
-        data = load(DataSpec.from_config(cfg))
+        spec = DataSpec.from_config(cfg)
+        data = load(spec)
         tags = {"data": str(cfg.data.name), "data_source": data_source(cfg), "data_md5": str(data_md5(cfg) or "-"),
                 "data_sha256": data.checksum, "epoch_cap": str(cfg.max_epochs or "none"), "device": device_name()}
         with tracking.job_run(cfg, state, experiment_id, tags) as run, signals_interrupt():
+            tracking.log_datasets(run.info.run_id, lineage(data, cfg.training.validation_split),
+                                  spec.prepared_dir / "arrays.npz", spec.name, data.checksum)
             model = state.trained_model()
             if model is None:
                 model = fit(cfg, data, state, run.info.run_id)
