@@ -54,6 +54,8 @@ def test_unknown_group_option_lists_the_available_ones(override: str, option: st
     ("training.validation_split=1.5", "training.validation_split", r"\[0, 1\)"),
     ("selection.metric=test_accuracy", "selection.metric", "validation metric.*never used for choosing"),
     ("selection.direction=up", "selection.direction", "maximize or minimize"),
+    ("tracking.system_metrics_interval=0", "tracking.system_metrics_interval", "positive number of seconds"),
+    ("tracking.system_metrics=sometimes", "tracking.system_metrics", "true or false"),
     ("training.optimizer.name=adamz", "training.optimizer.name", "adam"),
     ("training.optimizer.learning_rate=-1", "training.optimizer.learning_rate", "positive"),
     ("training.mixed_precision=maybe", "training.mixed_precision", "true or false"),

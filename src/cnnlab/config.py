@@ -164,9 +164,19 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.publish, bool):
         fail("publish", cfg.publish, "true or false")
     _check_selection(cfg)
+    _check_tracking(cfg.tracking)
     _check_data(cfg)
     _check_layers(cfg)
     _check_paths(cfg)
+
+
+def _check_tracking(t: DictConfig) -> None:
+    for key in ("log_model", "system_metrics"):
+        if not isinstance(t[key], bool):
+            fail(f"tracking.{key}", t[key], "true or false")
+    interval = t.system_metrics_interval
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < math.inf:
+        fail("tracking.system_metrics_interval", interval, "a positive number of seconds")
 
 
 SELECTION_METRICS = ("val_accuracy", "val_loss")
