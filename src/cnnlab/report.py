@@ -26,9 +26,16 @@ def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path) -> list
         if not path.exists() or not trained.exists():
             raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
         run = json.loads(trained.read_text())
-        rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id")},
+        rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",
+                                                                     "mlflow_tracking_uri")},
                      **json.loads(path.read_text())})
     return rows
+
+
+def ui(row: dict[str, Any]) -> str:
+    """Where a run can be looked at: its tracking server, or `mlflow ui` on this machine for a local store."""
+    uri = row.get("mlflow_tracking_uri") or ""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
 
 
 def _pct(value: float | None) -> str:
@@ -49,7 +56,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Leaderboard", "",
         "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure. "
-        f"{provenance(rows)} MLflow links assume `mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
+        f"{provenance(rows)} MLflow links go to the run's tracking server, or for the local store to "
+        f"`mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
         "| project | cnnlab % | source % | difference | params | epochs | cap | train s | data sha256 | device "
         "| MLflow run |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -58,7 +66,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ours, source = r["test_accuracy"], r.get("reported_accuracy")
         diff = "–" if source is None else f"{100 * (ours - source):+.2f}"
         run = r.get("mlflow_run_id", "")
-        link = f"[{run[:8]}]({UI}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
+        link = f"[{run[:8]}]({ui(r)}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
         lines.append(f"| {r['project'].upper()} | {_pct(ours)} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
                      f"{r.get('epochs', '–')} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
                      f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {link} |")

@@ -153,7 +153,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
     evaluation = evaluate_model(model, data.x_test, data.y_test, data.class_names)
     history = state.history(state.epochs_done())
     tags = run.data.tags
-    identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": run.info.experiment_id, "key": state.key,
+    identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": run.info.experiment_id,
+                "mlflow_tracking_uri": str(cfg.tracking.uri), "key": state.key,
                 **{key: tags.get(key) for key in ("device", "data", "data_source", "data_md5", "data_sha256")},
                 "epoch_cap": cfg.max_epochs or None,
                 "params": int(tags.get("params") or model.get_layer(str(cfg.model.name)).count_params())}
