@@ -73,21 +73,33 @@ def stop_workers(repo: Path) -> None:
     pids = [int(f.read_text()) for f in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid")]
     deadline = time.monotonic() + 60
     for pid in pids:
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while worker_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if Path(f"/proc/{pid}").exists() and b"dvc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if worker_alive(pid):
             os.kill(pid, signal.SIGTERM)
+
+
+def worker_alive(pid: int) -> bool:
+    try:
+        return b"dvc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_queued_experiments_are_tracked_in_the_users_store(repo: Path) -> None:
     """Two experiments queued and run two at a time in DVC's temporary copies: both are DVC experiments, and both
-    runs are in the repository's own mlflow.db, in the experiment its git-ignored conf/local/ names."""
+    runs are in the repository's own mlflow.db, in the experiment its git-ignored conf/local/ names. Each ran
+    the configs it was queued with: seed-two with a wider dense layer, edited before it was queued and undone
+    before the queue ran (the installed cnnlab, and its conf/, never had it)."""
     local = repo / "conf" / "local" / "default.yaml"
     local.write_text("# @package _global_\ntracking:\n  experiment: queued\n")
+    model = repo / "conf" / "model" / "p00.yaml"
     names = {"seed-one": 1, "seed-two": 2}
     try:
-        for name, seed in names.items():
-            sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"seed={seed}")
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-one", "-S", "seed=1")
+        model.write_text(model.read_text().replace("{type: Dense, units: 32,", "{type: Dense, units: 48,"))
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-two", "-S", "seed=2")
+        sh(repo, "git", "checkout", "conf")
         sh(repo, "dvc", "queue", "start", "-j", "2")
         deadline = time.monotonic() + 600
         while {queue_status(repo).get(n) for n in names} - {"Success", "Failed"}:
@@ -110,6 +122,7 @@ def test_queued_experiments_are_tracked_in_the_users_store(repo: Path) -> None:
     for run in runs:
         name = run.data.tags["dvc_experiment"]
         assert run.data.params["training.seed"] == str(names[name])
+        assert run.data.params["model.layers.3.units"] == {"seed-one": "32", "seed-two": "48"}[name]
         accuracy = experiments[name]["metrics"]["metrics/p00.json"]["data"]["test_accuracy"]
         assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
         assert Path(run.data.tags["result_dir"]) == repo / "runs" / "p00" / run.info.run_id

@@ -7,13 +7,15 @@ and from nothing else (conf/ gives it only where files go, how runs are tracked 
 so editing a description retrains nothing and editing a model retrains that project. `train` is the same
 `cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
 metrics/) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already finished). In a queued
-experiment's temporary copy of the repository, the run is tracked in the user's store (cnnlab.workspace)."""
+experiment's temporary copy of the repository, the copy's own code and configs run, and the run is tracked in
+the user's store (cnnlab.workspace)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import yaml
 
 from cnnlab.config import BACKENDS, apply_settings, capped, check_id, compose, settings
 from cnnlab.console import one_line_errors
-from cnnlab.workspace import config_overrides, relocated
+from cnnlab.workspace import config_overrides, relocated, run_own_code
 
 COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    run_own_code("cnnlab.pipeline", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.pipeline", description=__doc__)
     parser.add_argument("stage", choices=["fetch", "prepare", "compose", "train"])
     parser.add_argument("project", nargs="?")

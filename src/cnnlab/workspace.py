@@ -8,12 +8,18 @@ interrupted run's state, which a rerun resumes from) and the git-ignored `conf/l
 paths). DVC names the repository the experiment was queued from in `DVC_ROOT` (its queue sets it to that
 repository; in a plain `dvc repro` it is the working directory itself), so a stage in a copy resolves those
 against it: its run lands in the user's store beside every other run and stays findable after the copy is gone.
-What DVC collects as the experiment's results (data/, outputs/, metrics/, plots/, reports/) stays in the copy."""
+What DVC collects as the experiment's results (data/, outputs/, metrics/, plots/, reports/) stays in the copy.
+
+The copy's own code and configs must run, not the installed cnnlab's: `pip install -e .` points `import cnnlab`
+(and so conf/) at the user's repository as it is now, which may have changed since the experiment was queued,
+and DVC's queue workers set their own PYTHONPATH. So a stage in a copy runs itself again with the copy's src/
+first on the path."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,6 +35,21 @@ def origin() -> Path | None:
     if not root or Path(root).resolve() == Path.cwd().resolve():
         return None
     return Path(root).resolve()
+
+
+def run_own_code(module: str, argv: list[str]) -> None:
+    """In a copy whose src/cnnlab is not the one imported, replace this process by `python -m module argv` with
+    the copy's src/ first on PYTHONPATH (once: that src/ is then on sys.path)."""
+    import cnnlab
+
+    own = Path.cwd() / "src"
+    imported = Path(cnnlab.__file__).resolve().parent
+    if origin() is None or not (own / "cnnlab").is_dir() or imported == (own / "cnnlab").resolve() \
+            or str(own) in sys.path:
+        return
+    log.info("in DVC's temporary copy %s: running its own cnnlab instead of %s", Path.cwd(), imported)
+    path = os.pathsep.join(filter(None, [str(own), os.environ.get("PYTHONPATH")]))
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], {**os.environ, "PYTHONPATH": path})
 
 
 def config_overrides() -> list[str]:
