@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -46,22 +47,29 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
-    repo = tmp_path_factory.mktemp("pipeline") / "cnnlab"
+def git_copy(repo: Path, **params: Any) -> Path:
+    """A new git repository at `repo` with this repository's files (tracked, or untracked and not ignored) and
+    params.yaml updated with `params`, committed."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["projects"] == PROJECTS and params["data"] == "cifar10", "the committed default is the real table"
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "data": "tiny", "max_epochs": 1}))
+    committed = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**committed, **params}))
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "copy")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["projects"] == PROJECTS and params["data"] == "cifar10", "the committed default is the real table"
+    repo = git_copy(tmp_path_factory.mktemp("pipeline") / "cnnlab", data="tiny", max_epochs=1)
     started = time.perf_counter()
     done = sh(repo, "dvc", "repro")
     print(f"tiny pipeline: dvc repro took {time.perf_counter() - started:.0f}s")

@@ -6,13 +6,16 @@ settings come from the Hydra tree (conf/). `compose` writes, per project, exactl
 and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
 so editing a description retrains nothing and editing a model retrains that project. `train` is the same
 `cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
-metrics/) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already finished)."""
+metrics/) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already finished). In a queued
+experiment's temporary copy of the repository, the copy's own code and configs run, and the run is tracked in
+the user's store (cnnlab.workspace)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import yaml
 
 from cnnlab.config import BACKENDS, apply_settings, capped, check_id, compose, settings
 from cnnlab.console import one_line_errors
+from cnnlab.workspace import config_overrides, relocated, run_own_code
 
 COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
@@ -50,7 +54,8 @@ def run_overrides(params: dict[str, Any]) -> list[str]:
     if os.environ.get("KERAS_BACKEND", params["backend"]) != params["backend"]:
         log.warning("KERAS_BACKEND=%s is ignored by the pipeline, which uses params.yaml's backend=%s "
                     "(dvc exp run -S backend=...)", os.environ["KERAS_BACKEND"], params["backend"])
-    return [f"data={params['data']}", f"backend={params['backend']}", f"max_epochs={params.get('max_epochs', 0)}"]
+    return [f"data={params['data']}", f"backend={params['backend']}", f"max_epochs={params.get('max_epochs', 0)}",
+            *config_overrides()]
 
 
 def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
@@ -62,6 +67,7 @@ def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    run_own_code("cnnlab.pipeline", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.pipeline", description=__doc__)
     parser.add_argument("stage", choices=["fetch", "prepare", "compose", "train"])
     parser.add_argument("project", nargs="?")
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
         chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
         base = compose([f"project={args.project}", *run_overrides(params), "publish=true", "on_finished=skip"])
-        train(apply_settings(base, chosen))
+        train(relocated(apply_settings(base, chosen)))
     elif args.stage == "compose":
         COMPOSED.mkdir(exist_ok=True)
         for stale in set(COMPOSED.glob("*.yaml")) - {COMPOSED / f"{p}.yaml" for p in params["projects"]}:

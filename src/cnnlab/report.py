@@ -8,6 +8,7 @@ device, MLflow run; above it which data, cap and devices the figures come from) 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from cnnlab import plots
 from cnnlab.pipeline import read_params
+from cnnlab.workspace import run_own_code
 
 UI = "http://127.0.0.1:5000"
 
@@ -91,6 +93,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
 
 
 def main() -> None:
+    run_own_code("cnnlab.report", sys.argv[1:])
     params = read_params()
     rows = load_rows(params["projects"], Path("metrics"), Path("outputs"))
     out = Path("reports")

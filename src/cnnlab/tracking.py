@@ -171,6 +171,8 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
     }
     if os.environ.get("DVC_STAGE"):
         tags["dvc_stage"] = os.environ["DVC_STAGE"]
+    if os.environ.get("DVC_EXP_NAME"):  # `dvc exp run`, queued or not: which experiment the run belongs to
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     sweep = os.environ.get(SWEEP_RUN_ENV)
     if sweep:
         tags[PARENT_TAG] = sweep
