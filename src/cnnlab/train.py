@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnnlab import faults, results, tracking
+from cnnlab import faults, registry, results, tracking
 from cnnlab.config import use_backend, validate
 from cnnlab.data import Dataset, DataSpec, load
 from cnnlab.runstate import RunState
@@ -117,6 +117,8 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
     state.clear()
     if cfg.publish:
         results.publish(cfg, folder)
+    if cfg.registry.register:
+        registry.register(cfg, run.info.run_id)  # a job killed before it registered the run does it now
     metrics = json.loads((folder / "metrics.json").read_text())
     # judged on its history by this job's selection (the run may have been made under another one)
     return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
@@ -125,7 +127,6 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
 def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: str) -> dict[str, Any]:
     """Evaluate once on the test set, write the run's files, log them and the model (each once), and put the
     run's folder in place (and publish it with publish=true); returns the metrics."""
-    import keras
     import mlflow
 
     from cnnlab.evaluate import evaluate_model
@@ -147,8 +148,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
         **{f"test_accuracy_{name}": acc for name, acc in metrics["per_class_accuracy"].items()},
     }, staged, results.ARTIFACTS)
     if cfg.tracking.log_model:
-        tracking.log_model_once(state, run_id, model, data.x_test[:2].astype("float32"),
-                                [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"])
+        # uint8 pixels, as the data set has them: what serving and prediction are given (scaling is in the model)
+        tracking.log_model_once(state, run_id, model, data.x_test[:2], data.class_names)
     faults.reach("before_publish")
     folder = results.place(cfg, run_id, staged)
     mlflow.set_tag("result_dir", str(folder))
@@ -159,7 +160,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one project (continuing an interrupted run of the same settings, or reusing a finished one),
-    evaluate it, keep and track its results; returns its metrics."""
+    evaluate it, keep and track its results (and register its model with registry.register=true); returns its
+    metrics."""
     use_backend(cfg.backend)
     validate(cfg)
     from cnnlab.callbacks import signals_interrupt
@@ -178,6 +180,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             faults.reach("after_fit")
             metrics = finish(cfg, model, data, state, run.info.run_id)
         faults.reach("after_finish")
+        if cfg.registry.register:
+            registry.register(cfg, run.info.run_id)
         state.clear()
     log.info("%s: test accuracy %.4f after %d epochs in %.1fs -> %s", cfg.project.id, metrics["test_accuracy"],
              metrics["epochs"], metrics["train_seconds"], results.run_folder(cfg, run.info.run_id))
