@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(local)
+    import keras
+
+    keras.utils.disable_interactive_logging()  # no progress bar on stdout, which has the answers
     probabilities = np.asarray(model.predict(batch))
     names = (model.metadata.metadata or {}).get("class_names") or [str(i) for i in range(probabilities.shape[1])]
     for path, row in zip(args.images, probabilities, strict=True):
