@@ -22,11 +22,10 @@ TOP = 3
 
 
 class PredictError(SystemExit):
-    """A bad input, said in one line (exit status 2)."""
+    """A bad input, said in one line on stderr (exit status 1)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(f"cnnlab.predict: {message}")
-        self.code = 2
 
 
 def read_image(path: Path) -> np.ndarray:
