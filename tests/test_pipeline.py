@@ -99,8 +99,12 @@ def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
             metrics, "the one test evaluation of the run, published"
     report = (repo / "reports" / "leaderboard.md").read_text()
     run_ids = {r.data.tags["project"]: r.info.run_id for r in runs}
+    registry = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     for project in PROJECTS:
         assert f"| {project.upper()} |" in report and run_ids[project] in report
+        champion = registry.get_model_version_by_alias(f"cnnlab-{project}", "champion")
+        assert champion.run_id == run_ids[project], "each train stage registers its run"
+        assert f"`models:/cnnlab-{project}@champion` = [version {champion.version}]" in report
     assert "| P11 | " in report and "| 82.86 |" in report
     assert (repo / "reports" / "leaderboard.png").stat().st_size > 0
     sha = json.loads((repo / "data" / "prepared" / "tiny" / "info.json").read_text())["sha256"]

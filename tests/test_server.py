@@ -166,7 +166,7 @@ def test_a_parallel_sweep_lives_in_postgresql_and_reads_back_through_the_server(
         model = mlflow.pyfunc.load_model(f"runs:/{children[0].info.run_id}/model")
     finally:
         mlflow.set_tracking_uri(previous)
-    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype("uint8")
     probabilities = np.asarray(model.predict(images))
     assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
 

@@ -163,6 +163,10 @@ def validate(cfg: DictConfig) -> None:
         fail("on_finished", cfg.on_finished, f"one of {', '.join(ON_FINISHED)}")
     if not isinstance(cfg.publish, bool):
         fail("publish", cfg.publish, "true or false")
+    if cfg.registry.register not in (True, False):
+        fail("registry.register", cfg.registry.register, "true or false")
+    if cfg.registry.register and not cfg.tracking.log_model:
+        fail("registry.register", True, "false when tracking.log_model=false (there is no model to register)")
     _check_selection(cfg)
     _check_tracking(cfg.tracking)
     _check_data(cfg)

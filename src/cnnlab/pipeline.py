@@ -6,9 +6,10 @@ settings come from the Hydra tree (conf/). `compose` writes, per project, exactl
 and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
 so editing a description retrains nothing and editing a model retrains that project. `train` is the same
 `cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
-metrics/) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already finished). In a queued
-experiment's temporary copy of the repository, the copy's own code and configs run, and the run is tracked in
-the user's store (cnnlab.workspace)."""
+metrics/), `registry.register=true` (its model becomes a version of `cnnlab-<project>`, the champion if it is
+the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already
+finished, and registers it if the kill came first). In a queued experiment's temporary copy of the repository,
+the copy's own code and configs run, and the run is tracked in the user's store (cnnlab.workspace)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         from cnnlab.train import train
 
         chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
-        base = compose([f"project={args.project}", *run_overrides(params), "publish=true", "on_finished=skip"])
+        base = compose([f"project={args.project}", *run_overrides(params), "publish=true", "on_finished=skip",
+                        "registry.register=true"])
         train(relocated(apply_settings(base, chosen)))
     elif args.stage == "compose":
         COMPOSED.mkdir(exist_ok=True)

@@ -1,9 +1,10 @@
 """`python -m cnnlab.report`: the leaderboard of the pipeline's projects, reproduced beside the source.
 
 Reads what the pipeline published for the projects in params.yaml, `metrics/<project>.json` (the figures) and
-`outputs/<project>/run.json` (the MLflow run), and writes `reports/leaderboard.md` (project, cnnlab's and the
-source's test accuracy in percent, difference, params, epochs, epoch cap, train time, the data's checksum,
-device, MLflow run; above it which data, cap and devices the figures come from) and `reports/leaderboard.png`."""
+`outputs/<project>/run.json` (the MLflow run), and the MLflow registry (each project's champion), and writes
+`reports/leaderboard.md` (project, cnnlab's and the source's test accuracy in percent, difference, params,
+epochs, epoch cap, train time, the data's checksum, device, MLflow run, champion model; above it which data, cap
+and devices the figures come from) and `reports/leaderboard.png`."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from cnnlab import plots
-from cnnlab.pipeline import read_params
-from cnnlab.workspace import run_own_code
+from cnnlab.config import compose
+from cnnlab.pipeline import read_params, run_overrides
+from cnnlab.registry import CHAMPION, champion_uri, model_name
+from cnnlab.tracking import sqlite_file
+from cnnlab.workspace import relocated, run_own_code
 
 UI = "http://127.0.0.1:5000"
 
@@ -40,6 +44,29 @@ def ui(row: dict[str, Any]) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
 
 
+def champions(projects: list[str], uri: str) -> dict[str, str]:
+    """The version `champion` points at, per project that has one in the store at `uri`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    database = sqlite_file(uri)
+    if database is not None and not database.exists():
+        return {}
+    client, found = MlflowClient(uri), {}
+    for project in projects:
+        try:
+            found[project] = client.get_model_version_by_alias(model_name(project), CHAMPION).version
+        except MlflowException:
+            continue
+    return found
+
+
+def _champion(project: str, version: str | None, base: str) -> str:
+    if version is None:
+        return "–"
+    return f"`{champion_uri(project)}` = [version {version}]({base}/#/models/{model_name(project)}/versions/{version})"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
@@ -58,11 +85,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Leaderboard", "",
         "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure. "
+        "The champion is the project's registered model version that is best on validation, not on test. "
         f"{provenance(rows)} MLflow links go to the run's tracking server, or for the local store to "
         f"`mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
         "| project | cnnlab % | source % | difference | params | epochs | cap | train s | data sha256 | device "
-        "| MLflow run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MLflow run | champion |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours, source = r["test_accuracy"], r.get("reported_accuracy")
@@ -71,7 +99,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         link = f"[{run[:8]}]({ui(r)}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
         lines.append(f"| {r['project'].upper()} | {_pct(ours)} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
                      f"{r.get('epochs', '–')} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
-                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {link} |")
+                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {link} | "
+                     f"{_champion(r['project'], r.get('champion'), ui(r))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +125,9 @@ def main() -> None:
     run_own_code("cnnlab.report", sys.argv[1:])
     params = read_params()
     rows = load_rows(params["projects"], Path("metrics"), Path("outputs"))
+    versions = champions(params["projects"], relocated(compose(run_overrides(params))).tracking.uri)
+    for row in rows:
+        row["champion"] = versions.get(row["project"])
     out = Path("reports")
     out.mkdir(exist_ok=True)
     (out / "leaderboard.md").write_text(markdown(rows))

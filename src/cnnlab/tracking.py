@@ -52,7 +52,7 @@ class SweepFailed(SystemExit):
     because Hydra turns a callback's ordinary exceptions into warnings."""
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
     """The database file of a local `sqlite:///` store; None for any other store."""
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
         return None
@@ -63,7 +63,7 @@ def _sqlite_file(uri: str) -> Path | None:
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise the opening of a local sqlite store across processes: MLflow creates and migrates the tables
     on first open, and two processes doing that at once fail ("table ... already exists", mlflow#4123)."""
-    path = _sqlite_file(uri)
+    path = sqlite_file(uri)
     if path is None:
         yield
         return
@@ -79,7 +79,7 @@ def store_lock(uri: str) -> Iterator[None]:
 def check_store(uri: str) -> None:
     """Refuse, before anything is loaded or trained, a store that cannot be written (sqlite) or reached (HTTP),
     with the reason, instead of a hang or a failure after training."""
-    path = _sqlite_file(uri)
+    path = sqlite_file(uri)
     if path is not None:
         problem = writable_dir(path.parent)
         if problem is None and path.exists():
@@ -122,7 +122,7 @@ def open_store(cfg: DictConfig) -> str:
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a local sqlite store go to `mlruns/` beside its file (MLflow's default is `./mlruns` in
     whatever folder the first run started from); other stores decide for themselves."""
-    path = _sqlite_file(uri)
+    path = sqlite_file(uri)
     return None if path is None else (path.resolve().parent / "mlruns").as_uri()
 
 
@@ -375,8 +375,9 @@ def log_results(run_id: str, metrics: dict[str, float], folder: Path, artifacts:
         mlflow.log_artifact(str(folder / name))
 
 
-def log_model_once(state: RunState, run_id: str, model: Any, example: Any, requirements: list[str]) -> str:
-    """Log `model` through MLflow's Keras flavor (signature, input example) as the run's one logged model.
+def log_model_once(state: RunState, run_id: str, model: Any, example: Any, class_names: list[str]) -> str:
+    """Log `model` through MLflow's Keras flavor (signature, input example, the class names as metadata) as the
+    run's one logged model, packaged to load anywhere (cnnlab.mlmodel: pinned requirements, cnnlab's code).
 
     Done in steps that a rerun can finish: the model entry is created and remembered in the state, its files
     uploaded, then it is marked READY and linked to the run, last. A rerun completes a remembered model and
@@ -395,17 +396,22 @@ def log_model_once(state: RunState, run_id: str, model: Any, example: Any, requi
         state.remember(model_id=known)
     entry = store.get_logged_model(known)
     if entry.status != LoggedModelStatus.READY:
+        import keras
         import mlflow.keras
         from mlflow.utils.file_utils import TempDir
+
+        from cnnlab import mlmodel
 
         with TempDir() as tmp:
             local = tmp.path("model")
             os.makedirs(local)  # MLflow 3 writes the input example before making the folder (mlflow/mlflow#16183)
             mlflow.keras.save_model(
-                model, local, input_example=example, pip_requirements=requirements,
+                model, local, input_example=example, pip_requirements=mlmodel.requirements(keras.backend.backend()),
                 signature=infer_signature(example, model.predict(example, verbose=0)),
+                metadata={"class_names": list(class_names)},
                 mlflow_model=Model(artifact_path=entry.artifact_location, model_uuid=known, run_id=run_id,
                                    model_id=known))
+            mlmodel.add_cnnlab(local)
             store.log_model_artifacts(known, local)
         faults.reach("model_logging")
         store.finalize_logged_model(known, LoggedModelStatus.READY)

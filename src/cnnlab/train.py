@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnnlab import faults, results, tracking
+from cnnlab import faults, registry, results, tracking
 from cnnlab.config import capped, use_backend, validate
 from cnnlab.console import one_line_errors
 from cnnlab.data import Dataset, DataSpec, data_md5, data_source, load
@@ -136,6 +136,8 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
     state.clear()
     if cfg.publish:
         results.publish(cfg, folder)
+    if cfg.registry.register:
+        registry.register(cfg, run.info.run_id)  # a job killed before it registered the run does it now
     metrics = json.loads((folder / "metrics.json").read_text())
     # judged on its history by this job's selection (the run may have been made under another one)
     return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
@@ -144,7 +146,6 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
 def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: str) -> dict[str, Any]:
     """Evaluate once on the test set, write the run's files, log them and the model (each once), and put the
     run's folder in place (and publish it with publish=true); returns the metrics."""
-    import keras
     import mlflow
 
     from cnnlab.evaluate import evaluate_model
@@ -169,8 +170,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
     }, staged, results.ARTIFACTS)
     tracking.name_with_result(run_id, cfg, state.key, metrics["test_accuracy"])
     if cfg.tracking.log_model:
-        tracking.log_model_once(state, run_id, model, data.x_test[:2].astype("float32"),
-                                [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"])
+        # uint8 pixels, as the data set has them: what serving and prediction are given (scaling is in the model)
+        tracking.log_model_once(state, run_id, model, data.x_test[:2], data.class_names)
     faults.reach("before_publish")
     folder = results.place(cfg, run_id, staged)
     mlflow.set_tag("result_dir", str(folder))
@@ -181,7 +182,8 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one project (continuing an interrupted run of the same settings, or reusing a finished one),
-    evaluate it, keep and track its results; returns its metrics."""
+    evaluate it, keep and track its results (and register its model with registry.register=true); returns its
+    metrics."""
     use_backend(cfg.backend)
     validate(cfg)
     cfg = capped(cfg)
@@ -205,6 +207,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             faults.reach("after_fit")
             metrics = finish(cfg, model, data, state, run.info.run_id)
         faults.reach("after_finish")
+        if cfg.registry.register:
+            registry.register(cfg, run.info.run_id)
         state.clear()
     log.info("%s: test accuracy %.4f after %d epochs in %.1fs; MLflow run %s, its files in %s%s",
              cfg.project.id, metrics["test_accuracy"], metrics["epochs"], metrics["train_seconds"], run.info.run_id,

@@ -1,0 +1,55 @@
+"""What makes a logged model load anywhere: pinned requirements that name the Keras backend, cnnlab's source
+copied into the model (MLflow's `code` folder, put on sys.path by `mlflow.pyfunc.load_model`), and this module
+as the pyfunc loader, which registers cnnlab's layers before MLflow's Keras loader reads the model.
+
+mlflow.keras.save_model has no `code_paths`, and Keras finds a registered custom layer only once its module
+has been imported, so the pyfunc flavor is pointed here instead of at `mlflow.keras`. `mlflow.keras.load_model`
+still needs cnnlab installed; `mlflow.pyfunc.load_model` and `mlflow models serve` do not.
+
+This module is imported from inside a model with nothing but MLflow, Keras and the backend installed: it
+imports no other part of cnnlab at module level."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CODE_DIR = "code"
+BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
+
+
+def requirements(backend: str) -> list[str]:
+    """The model's pip requirements, pinned to this environment's versions: Keras, its backend, MLflow, NumPy
+    (cnnlab's layers need nothing else)."""
+    names = ["keras", *BACKEND_PACKAGES[backend], "mlflow", "numpy"]
+    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
+
+
+def add_cnnlab(local: str) -> None:
+    """Copy cnnlab's package into the saved model at `local` and make its pyfunc flavor load through this
+    module, with the code folder on sys.path."""
+    from mlflow.models import Model
+    from mlflow.pyfunc import CODE, MAIN
+
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, Path(local, CODE_DIR, package.name), ignore=shutil.ignore_patterns("__pycache__"))
+    model = Model.load(local)
+    flavor = model.flavors["python_function"]
+    flavor[MAIN], flavor[CODE] = __name__, CODE_DIR
+    model.save(os.path.join(local, "MLmodel"))
+
+
+def _load_pyfunc(path: str) -> Any:
+    """pyfunc's loader: the backend the model was saved with (unless KERAS_BACKEND says otherwise; it must be
+    set before Keras is imported), cnnlab's layers registered, then MLflow's own Keras loader."""
+    from mlflow.models import Model
+
+    os.environ.setdefault("KERAS_BACKEND", Model.load(path).flavors["keras"]["keras_backend"])
+    import mlflow.keras.load
+
+    import cnnlab.layers  # noqa: F401  registers cnnlab's layers with Keras
+
+    return mlflow.keras.load._load_pyfunc(path)
