@@ -5,6 +5,7 @@ champion."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_two_trainings_two_versions_champion_on_the_better_one(make_cfg, workdir
         (logged,) = client.get_run(version.run_id).outputs.model_outputs
         assert version.source == f"models:/{logged.model_id}", "the version is the run's logged model"
 
-    table = report.markdown([{"project": "p00", "test_accuracy": 0.5, "reported_accuracy": 62.1,
-                              "champion": report.champions(["p00"], short.tracking.uri)["p00"]}], "tiny")
+    published = json.loads((Path(short.paths.runs) / "p00" / versions[0].run_id / "metrics.json").read_text())
+    table = report.markdown([{"project": "p00", **published,
+                              "champion": report.champions(["p00"], short.tracking.uri)["p00"]}])
     assert f"`models:/cnnlab-p00@champion` = [version {better}]" in table
