@@ -19,8 +19,9 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from optuna import TrialPruned
 
-from cnnlab import faults, results, tracking
+from cnnlab import faults, results, study, tracking
 from cnnlab.config import use_backend, validate
 from cnnlab.data import Dataset, DataSpec, load
 from cnnlab.runstate import RunState
@@ -54,8 +55,9 @@ def split(data: Dataset, validation_split: float) -> tuple[np.ndarray, np.ndarra
     return data.x_train[:n_fit], onehot[:n_fit], validation
 
 
-def make_callbacks(cfg: DictConfig, state: RunState) -> list[Any]:
-    """The per-epoch journal, backup and MLflow logging (cnnlab.callbacks), NaN termination, early stopping."""
+def make_callbacks(cfg: DictConfig, state: RunState, trial: Any | None = None) -> list[Any]:
+    """The per-epoch journal, backup and MLflow logging (cnnlab.callbacks), NaN termination, early stopping, and
+    in a search the report to the Optuna trial (after the epoch is kept and logged)."""
     import keras
 
     from cnnlab.callbacks import epoch_callbacks
@@ -67,12 +69,13 @@ def make_callbacks(cfg: DictConfig, state: RunState) -> list[Any]:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=t.early_stopping.patience,
             restore_best_weights=t.early_stopping.restore_best_weights, verbose=1))
-    return callbacks
+    return [*callbacks, *study.pruning_callbacks(cfg, trial)]
 
 
-def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str) -> Any:
+def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str, trial: Any | None = None) -> Any:
     """Build, compile and train the project's model, continuing after the state's last backed-up epoch (the
-    epochs the store missed are logged first); the trained model is kept in the state and returned."""
+    epochs the store missed are logged first); the trained model is kept in the state and returned. A search's
+    pruner may stop it (optuna.TrialPruned)."""
     import keras
     import mlflow
 
@@ -89,8 +92,12 @@ def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str) -> Any:
         log.info("%s: continuing after epoch %d of %d", cfg.project.id, done, t.epochs)
     inputs = fit_inputs(t, x_fit, y_fit)
     mlflow.set_tag("device_data", str("y" not in inputs).lower())
-    losses = model.fit(**inputs, epochs=t.epochs, initial_epoch=done, validation_data=validation,
-                       callbacks=make_callbacks(cfg, state), verbose=2).history.get("loss", [])
+    try:
+        losses = model.fit(**inputs, epochs=t.epochs, initial_epoch=done, validation_data=validation,
+                           callbacks=make_callbacks(cfg, state, trial), verbose=2).history.get("loss", [])
+    except TrialPruned:
+        state.reset()  # the pruner ended this run: it is over, not interrupted, so nothing is resumed
+        raise
     if losses and not np.isfinite(losses[-1]):
         state.reset()  # nothing worth resuming: a rerun of these settings starts afresh
         raise TrainingDiverged(f"{cfg.project.id}: the loss became {losses[-1]} in epoch {done + len(losses)}; try "
@@ -119,12 +126,13 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
         results.publish(cfg, folder)
     metrics = json.loads((folder / "metrics.json").read_text())
     # judged on its history by this job's selection (the run may have been made under another one)
-    return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
+    return {**metrics, "mlflow_run_id": run.info.run_id,
+            "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
 
 
 def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: str) -> dict[str, Any]:
     """Evaluate once on the test set, write the run's files, log them and the model (each once), and put the
-    run's folder in place (and publish it with publish=true); returns the metrics."""
+    run's folder in place (and publish it with publish=true); returns the metrics (and the run's id)."""
     import keras
     import mlflow
 
@@ -154,7 +162,7 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
     mlflow.set_tag("result_dir", str(folder))
     if cfg.publish:
         results.publish(cfg, folder)
-    return metrics
+    return {**metrics, "mlflow_run_id": run_id}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -165,16 +173,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from cnnlab.callbacks import signals_interrupt
 
     experiment_id = tracking.open_store(cfg)
+    trial = study.job_trial(cfg)
     with RunState.claim(cfg) as state:
         done = finished(cfg, experiment_id, state)
         if done is not None:
+            study.link_run(trial, done["mlflow_run_id"])
             return done
         data = load(DataSpec.from_config(cfg))
-        tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name()}
+        tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name(),
+                **study.run_tags(trial)}
         with tracking.job_run(cfg, state, experiment_id, tags) as run, signals_interrupt():
+            study.link_run(trial, run.info.run_id)
             model = state.trained_model()
             if model is None:
-                model = fit(cfg, data, state, run.info.run_id)
+                model = fit(cfg, data, state, run.info.run_id, trial)
             faults.reach("after_fit")
             metrics = finish(cfg, model, data, state, run.info.run_id)
         faults.reach("after_finish")
@@ -196,11 +208,12 @@ def selected_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the run's best validation metric (see `selected_value`). In a sweep, a failed
-    job is logged and recorded FAILED, and the sweep goes on."""
+    job is logged and recorded FAILED, and the sweep goes on; a pruned search trial's TrialPruned goes to the
+    search sweeper, which tells Optuna."""
     try:
         metrics = train(cfg)
     except Exception as err:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, TrialPruned):
             raise
         log.exception("job %s failed; the sweep goes on", cfg.project.id)
         if not getattr(err, "mlflow_run_id", None):
