@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -74,6 +75,17 @@ def test_the_search_configs_search_learning_rate_weight_decay_regularisation_and
         assert [tied.model.layers[i].rate for i in (3, 7, 11, 15, 19)] == [0.25, 0.25, 0.25, 0.25, 0.2]
     else:
         assert isinstance(space["training.label_smoothing"][1], FloatDistribution) and fixed == []
+
+
+def test_a_multirun_finds_its_folder_in_its_own_process() -> None:
+    """A sweeper resolves hydra.sweep.dir in the multirun's own process, where HydraConfig is not set (only jobs
+    have it), so the folder must not use the ${hydra:...} resolver."""
+    cfg = hydra_config("hparams_search=p08_optuna")
+    held, HydraConfig.instance().cfg = HydraConfig.instance().cfg, None
+    try:
+        assert str(cfg.hydra.sweep.dir).startswith(f"logs/{cfg.hydra.job.name}/multiruns/")
+    finally:
+        HydraConfig.instance().cfg = held
 
 
 def test_the_search_space_takes_hydra_sweeps_and_the_command_line_wins() -> None:
