@@ -118,20 +118,22 @@ def test_a_search_without_validation_data_is_refused_before_anything_runs(tmp_pa
 
 def start_search(workdir: Path, data_dir: Path, conf: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """The tiny search as the user types it, in its own session, so the sweep's worker processes, which a
-    kill -9 of the sweep leaves behind (joblib's loky workers idle for minutes), are ended with it."""
+    kill -9 of the sweep leaves behind (joblib's loky workers idle for minutes), are ended with it. Its output goes
+    to a file: those workers would hold a pipe open until they exit."""
     command = job_command("cnnlab.train", workdir, data_dir, f"hydra.searchpath=[file://{conf}]",
                           "hparams_search=tiny_search", "project=p00", "tracking.log_model=false",
                           f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}")
-    with subprocess.Popen(command, cwd=ROOT, env=job_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, start_new_session=True) as proc:
+    output = workdir / "search.log"
+    with open(output, "w") as out, subprocess.Popen(command, cwd=ROOT, env=job_env(**env), stdout=out,
+                                                   stderr=subprocess.STDOUT, start_new_session=True) as proc:
         try:
-            out, _ = proc.communicate(timeout=600)
+            proc.wait(timeout=600)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    return subprocess.CompletedProcess(command, proc.returncode, out, "")
+    return subprocess.CompletedProcess(command, proc.returncode, output.read_text(), "")
 
 
 @pytest.mark.slow
