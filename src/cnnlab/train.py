@@ -106,9 +106,10 @@ def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str, trial: Any
     return model
 
 
-def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, Any] | None:
+def finished(cfg: DictConfig, experiment_id: str, state: RunState, trial: Any | None = None) -> dict[str, Any] | None:
     """With on_finished=skip: the metrics of a finished run of the same settings whose files are still here
-    (published again with publish=true); its leftover state is cleared. None when there is none."""
+    (published again with publish=true, and made the result of a search's trial); its leftover state is cleared.
+    None when there is none."""
     if cfg.on_finished != "skip":
         return None
     run = tracking.finished_run(experiment_id, state.key)
@@ -124,15 +125,15 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
     state.clear()
     if cfg.publish:
         results.publish(cfg, folder)
+    study.link_run(trial, run.info.run_id)
     metrics = json.loads((folder / "metrics.json").read_text())
     # judged on its history by this job's selection (the run may have been made under another one)
-    return {**metrics, "mlflow_run_id": run.info.run_id,
-            "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
+    return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
 
 
 def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: str) -> dict[str, Any]:
     """Evaluate once on the test set, write the run's files, log them and the model (each once), and put the
-    run's folder in place (and publish it with publish=true); returns the metrics (and the run's id)."""
+    run's folder in place (and publish it with publish=true); returns the metrics."""
     import keras
     import mlflow
 
@@ -162,7 +163,7 @@ def finish(cfg: DictConfig, model: Any, data: Dataset, state: RunState, run_id: 
     mlflow.set_tag("result_dir", str(folder))
     if cfg.publish:
         results.publish(cfg, folder)
-    return {**metrics, "mlflow_run_id": run_id}
+    return metrics
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -175,9 +176,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     experiment_id = tracking.open_store(cfg)
     trial = study.job_trial(cfg)
     with RunState.claim(cfg) as state:
-        done = finished(cfg, experiment_id, state)
+        done = finished(cfg, experiment_id, state, trial)
         if done is not None:
-            study.link_run(trial, done["mlflow_run_id"])
             return done
         data = load(DataSpec.from_config(cfg))
         tags = {"data_sha256": data.checksum, "data": str(cfg.data.name), "device": device_name(),
