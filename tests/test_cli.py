@@ -43,6 +43,11 @@ def test_multirun_gives_one_child_run_per_project_under_one_parent(tmp_path: Pat
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in children} == {"FINISHED"}
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["p00", "p01", "p04"]
+    # the parent records the best child by the value the jobs return: best validation accuracy, never test
+    chosen = next(r for r in children if r.info.run_id == parents[0].data.tags["best_run_id"])
+    top = max(r.data.metrics["best_val_accuracy"] for r in children)
+    assert chosen.data.metrics["best_val_accuracy"] == top == parents[0].data.metrics["best_value"]
+    assert f"project={chosen.data.tags['project']}" in parents[0].data.tags["best_overrides"].split()
 
 
 def test_a_failing_job_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path, tiny_data_dir: Path) -> None:

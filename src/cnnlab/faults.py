@@ -7,7 +7,8 @@ named) when it reaches `<point>`; SIGSTOP freezes it there (the test continues i
 not yet logged), `after_fit`, `model_logging` (the model's files uploaded, the model not yet finalised),
 `before_publish` (everything logged, the run's folder not yet in place), `after_finish` (the MLflow run ended,
 its state not yet cleared), `registered` (the run's model version created, the champion alias not yet
-decided). Unset, every point is a no-op."""
+decided). In the search sweeper (hydra_plugins/cnnlab_optuna): `search_told:<n>` (Optuna trial n has been told
+its outcome). Unset, every point is a no-op."""
 
 from __future__ import annotations
 

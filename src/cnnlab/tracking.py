@@ -1,6 +1,6 @@
 """MLflow side of cnnlab: the store checked before anything runs, one run per training job (resumed when its
 state says so, nested under a sweep's parent run), failure records, abandoned runs ended, the results and the
-model logged exactly once, and the Hydra callback that owns a sweep's parent run.
+model logged exactly once, and the Hydra callback that owns a sweep's parent run (and records its best job).
 
 Runs carry the tags `cnnlab.key` (the hash of their settings), `cnnlab.host` and `cnnlab.state` (the state
 folder whose lock a live job holds): a RUNNING run on this host whose state nobody holds has lost its job."""
@@ -25,11 +25,13 @@ from typing import Any
 import mlflow
 import mlflow.data
 from filelock import FileLock, Timeout
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna import TrialPruned
 
 from cnnlab import faults
 from cnnlab.config import fail, settings
@@ -44,6 +46,7 @@ SWEEP_VARIED_ENV = "CNNLAB_SWEEP_VARIED"
 PARENT_TAG = "mlflow.parentRunId"
 KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
 HOST = socket.gethostname()
+PRUNED_TAG = "optuna.state"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
 
@@ -173,6 +176,8 @@ def base_tags(cfg: DictConfig) -> dict[str, str]:
         tags["dvc_stage"] = os.environ["DVC_STAGE"]
     if os.environ.get("DVC_EXP_NAME"):  # `dvc exp run`, queued or not: which experiment the run belongs to
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if HydraConfig.initialized():
+        tags["overrides"] = " ".join(HydraConfig.get().overrides.task)[:5000]
     sweep = os.environ.get(SWEEP_RUN_ENV)
     if sweep:
         tags[PARENT_TAG] = sweep
@@ -223,7 +228,8 @@ def finished_run(experiment_id: str, key: str) -> Any | None:
     return found[0] if found else None
 
 
-def _alive(pid: str | None) -> bool:
+def process_alive(pid: str | None) -> bool:
+    """Whether a process with this id runs on this host."""
     try:
         os.kill(int(pid or 0), 0)
     except (ValueError, ProcessLookupError):
@@ -242,7 +248,7 @@ def end_abandoned_runs(experiment_id: str) -> None:
                                                               f"tags.`{HOST_TAG}` = '{HOST}'")
     for run in running:
         tags = run.data.tags
-        gone = (not _alive(tags.get(PID_TAG))) if STATE_TAG not in tags else not RunState.is_claimed(
+        gone = (not process_alive(tags.get(PID_TAG))) if STATE_TAG not in tags else not RunState.is_claimed(
             Path(tags[STATE_TAG]))
         if gone:
             log.warning("run %s (%s) was left RUNNING by a process that is gone: ending it KILLED",
@@ -288,7 +294,9 @@ def _resumable(cfg: DictConfig, state: RunState, experiment_id: str) -> str | No
 def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str, str]) -> Iterator[Any]:
     """The job's MLflow run: the state's run continued when it can be, otherwise a new one recorded in the
     state. Its params are the settings (logged once: a resumed run only gets what it lacks); everything else is
-    a tag. The run ends FINISHED, or with the error recorded, FAILED (KILLED when interrupted)."""
+    a tag. The run ends FINISHED, or with the error recorded, FAILED (KILLED when interrupted). A search trial
+    stopped by its pruner ends KILLED with the tag `optuna.state` = PRUNED and no error: it was stopped on
+    purpose, and a KILLED run is never taken for a finished one (on_finished=skip reuses FINISHED runs only)."""
     end_abandoned_runs(experiment_id)
     run_id = _resumable(cfg, state, experiment_id)
     tags = {**base_tags(cfg), **tags, KEY_TAG: state.key, HOST_TAG: HOST, STATE_TAG: str(state.folder.resolve())}
@@ -309,6 +317,10 @@ def job_run(cfg: DictConfig, state: RunState, experiment_id: str, tags: dict[str
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     try:
         yield run
+    except TrialPruned as err:
+        mlflow.set_tags({PRUNED_TAG: "PRUNED", "optuna.pruned": str(err)})
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
     except BaseException as err:
         record_failure(err)
         err.mlflow_run_id = run.info.run_id  # tells the sweep handler this failure is already recorded
@@ -420,12 +432,41 @@ def log_model_once(state: RunState, run_id: str, model: Any, example: Any, class
     return f"models:/{known}"
 
 
+def record_best(parent: str, run_id: str, overrides: str, value: float, params: dict[str, Any] | None = None,
+                tags: dict[str, str] | None = None) -> None:
+    """The sweep's best job on its parent run: tags `best_run_id` and `best_overrides`, metric `best_value`, and
+    for a search the best trial's values as params (named like the jobs' params) and its trial as tags."""
+    store = MlflowClient()
+    for key, tag in {"best_run_id": run_id, "best_overrides": overrides[:5000], **(tags or {})}.items():
+        store.set_tag(parent, key, tag)
+    store.log_metric(parent, "best_value", value)
+    for key, param in (params or {}).items():
+        store.log_param(parent, key, param)
+
+
+def link_study(parent: str, study_name: str, storage: str) -> None:
+    """Tag a search's parent run with the Optuna study it advances (the storage URL without its password)."""
+    store = MlflowClient()
+    store.set_tag(parent, "optuna.study_name", study_name)
+    store.set_tag(parent, "optuna.storage", storage)
+
+
+def best_child(children: list[Any], metric: str, direction: str) -> Any | None:
+    """The finished child with the best `metric` in `direction`, or None when no child has it."""
+    scored = [r for r in children if r.info.status == "FINISHED" and metric in r.data.metrics]
+    pick = max if direction == "maximize" else min
+    return pick(scored, key=lambda r: r.data.metrics[metric], default=None)
+
+
 class SweepRunCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun; every job's run is its child.
 
-    At the end the parent is FAILED if any child failed, the failed jobs are listed, and the sweep exits
-    non-zero, after every job has had its turn. A sweep stopped early (Ctrl-C, SIGTERM) ends its parent
-    KILLED on the way out; one killed outright is ended KILLED by the next job that finds it."""
+    At the end the parent records the best child by the value the jobs return, `best_<selection.metric>` in
+    `selection.direction` (unless the sweeper recorded it already: a search knows its study's best, which may come
+    from an earlier, interrupted invocation). It is FAILED if any child failed (a pruned search trial has not), the
+    failed jobs are listed, and the sweep exits non-zero, after every job has had its turn. A sweep stopped early
+    (Ctrl-C, SIGTERM) ends its parent KILLED on the way out; one killed outright is ended KILLED by the next job
+    that finds it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         experiment_id = open_store(config)
@@ -450,7 +491,11 @@ class SweepRunCallback(Callback):
         store = MlflowClient()
         experiment_id = store.get_run(parent).info.experiment_id
         children = store.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
-        failed = [r for r in children if r.info.status != "FINISHED"]
+        best = best_child(children, f"best_{config.selection.metric}", config.selection.direction)
+        if best is not None and "best_run_id" not in store.get_run(parent).data.tags:
+            record_best(parent, best.info.run_id, best.data.tags.get("overrides", ""),
+                        best.data.metrics[f"best_{config.selection.metric}"])
+        failed = [r for r in children if r.info.status != "FINISHED" and r.data.tags.get(PRUNED_TAG) != "PRUNED"]
         store.set_terminated(parent, "FAILED" if failed else "FINISHED")
         if failed:
             names = ", ".join(f"{r.info.run_name} ({r.data.tags.get('error', r.info.status)})" for r in failed)

@@ -20,8 +20,9 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from optuna import TrialPruned
 
-from cnnlab import faults, registry, results, tracking
+from cnnlab import faults, registry, results, study, tracking
 from cnnlab.config import capped, use_backend, validate
 from cnnlab.console import one_line_errors
 from cnnlab.data import Dataset, DataSpec, data_md5, data_source, load
@@ -73,8 +74,9 @@ def split(data: Dataset, validation_split: float) -> tuple[np.ndarray, np.ndarra
     return data.x_train[:n_fit], onehot[:n_fit], validation
 
 
-def make_callbacks(cfg: DictConfig, state: RunState) -> list[Any]:
-    """The per-epoch journal, backup and MLflow logging (cnnlab.callbacks), NaN termination, early stopping."""
+def make_callbacks(cfg: DictConfig, state: RunState, trial: Any | None = None) -> list[Any]:
+    """The per-epoch journal, backup and MLflow logging (cnnlab.callbacks), NaN termination, early stopping, and
+    in a search the report to the Optuna trial (after the epoch is kept and logged)."""
     import keras
 
     from cnnlab.callbacks import epoch_callbacks
@@ -86,12 +88,13 @@ def make_callbacks(cfg: DictConfig, state: RunState) -> list[Any]:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=t.early_stopping.patience,
             restore_best_weights=t.early_stopping.restore_best_weights, verbose=1))
-    return callbacks
+    return [*callbacks, *study.pruning_callbacks(cfg, trial)]
 
 
-def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str) -> Any:
+def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str, trial: Any | None = None) -> Any:
     """Build, compile and train the project's model, continuing after the state's last backed-up epoch (the
-    epochs the store missed are logged first); the trained model is kept in the state and returned."""
+    epochs the store missed are logged first); the trained model is kept in the state and returned. A search's
+    pruner may stop it (optuna.TrialPruned)."""
     import keras
     import mlflow
 
@@ -108,8 +111,12 @@ def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str) -> Any:
         log.info("%s: continuing after epoch %d of %d", cfg.project.id, done, t.epochs)
     inputs = fit_inputs(t, x_fit, y_fit)
     mlflow.set_tag("device_data", str("y" not in inputs).lower())
-    losses = model.fit(**inputs, epochs=t.epochs, initial_epoch=done, validation_data=validation,
-                       callbacks=make_callbacks(cfg, state), verbose=2).history.get("loss", [])
+    try:
+        losses = model.fit(**inputs, epochs=t.epochs, initial_epoch=done, validation_data=validation,
+                           callbacks=make_callbacks(cfg, state, trial), verbose=2).history.get("loss", [])
+    except TrialPruned:
+        state.reset()  # the pruner ended this run: it is over, not interrupted, so nothing is resumed
+        raise
     if losses and not np.isfinite(losses[-1]):
         state.reset()  # nothing worth resuming: a rerun of these settings starts afresh
         raise TrainingDiverged(f"{cfg.project.id}: the loss became {losses[-1]} in epoch {done + len(losses)}; try "
@@ -118,9 +125,10 @@ def fit(cfg: DictConfig, data: Dataset, state: RunState, run_id: str) -> Any:
     return model
 
 
-def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, Any] | None:
+def finished(cfg: DictConfig, experiment_id: str, state: RunState, trial: Any | None = None) -> dict[str, Any] | None:
     """With on_finished=skip: the metrics of a finished run of the same settings whose files are still here
-    (published again with publish=true); its leftover state is cleared. None when there is none."""
+    (published again with publish=true, and made the result of a search's trial); its leftover state is cleared.
+    None when there is none."""
     if cfg.on_finished != "skip":
         return None
     run = tracking.finished_run(experiment_id, state.key)
@@ -138,6 +146,7 @@ def finished(cfg: DictConfig, experiment_id: str, state: RunState) -> dict[str, 
         results.publish(cfg, folder)
     if cfg.registry.register:
         registry.register(cfg, run.info.run_id)  # a job killed before it registered the run does it now
+    study.link_run(trial, run.info.run_id)
     metrics = json.loads((folder / "metrics.json").read_text())
     # judged on its history by this job's selection (the run may have been made under another one)
     return {**metrics, "selection": results.selection(cfg, results.read_history(folder / "history.csv"))}
@@ -190,20 +199,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from cnnlab.callbacks import signals_interrupt
 
     experiment_id = tracking.open_store(cfg)
+    trial = study.job_trial(cfg)
     with RunState.claim(cfg) as state:
-        done = finished(cfg, experiment_id, state)
+        done = finished(cfg, experiment_id, state, trial)
         if done is not None:
             return done
         spec = DataSpec.from_config(cfg)
         data = load(spec)
         tags = {"data": str(cfg.data.name), "data_source": data_source(cfg), "data_md5": str(data_md5(cfg) or "-"),
-                "data_sha256": data.checksum, "epoch_cap": str(cfg.max_epochs or "none"), "device": device_name()}
+                "data_sha256": data.checksum, "epoch_cap": str(cfg.max_epochs or "none"), "device": device_name(),
+                **study.run_tags(trial)}
         with tracking.job_run(cfg, state, experiment_id, tags) as run, signals_interrupt():
+            study.link_run(trial, run.info.run_id)
             tracking.log_datasets(run.info.run_id, lineage(data, cfg.training.validation_split),
                                   spec.prepared_dir / "arrays.npz", spec.name, data.checksum)
             model = state.trained_model()
             if model is None:
-                model = fit(cfg, data, state, run.info.run_id)
+                model = fit(cfg, data, state, run.info.run_id, trial)
             faults.reach("after_fit")
             metrics = finish(cfg, model, data, state, run.info.run_id)
         faults.reach("after_finish")
@@ -231,11 +243,12 @@ def selected_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the run's best validation metric (see `selected_value`). In a sweep, a failed
-    job is logged and recorded FAILED, and the sweep goes on."""
+    job is logged and recorded FAILED, and the sweep goes on; a pruned search trial's TrialPruned goes to the
+    search sweeper, which tells Optuna."""
     try:
         metrics = train(cfg)
     except Exception as err:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, TrialPruned):
             raise
         log.exception("job %s failed; the sweep goes on", cfg.project.id)
         if not getattr(err, "mlflow_run_id", None):
