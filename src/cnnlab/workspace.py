@@ -25,7 +25,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
-SQLITE = "sqlite:///"
 SHARED_PATHS = ("runs", "checkpoints")
 
 
@@ -66,9 +65,11 @@ def relocated(cfg: DictConfig) -> DictConfig:
     if root is None:
         return cfg
     cfg = cfg.copy()
-    uri = cfg.tracking.uri
-    if uri.startswith(SQLITE) and not Path(uri.removeprefix(SQLITE)).is_absolute():
-        cfg.tracking.uri = f"{SQLITE}{root / uri.removeprefix(SQLITE)}"
+    from cnnlab.tracking import sqlite_file  # imports MLflow: only where a store is relocated
+
+    store = sqlite_file(cfg.tracking.uri)
+    if store is not None and not store.is_absolute():
+        cfg.tracking.uri = f"sqlite:///{root / store}"
     for key in SHARED_PATHS:
         if not Path(cfg.paths[key]).is_absolute():
             cfg.paths[key] = str(root / cfg.paths[key])
