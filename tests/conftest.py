@@ -5,8 +5,11 @@ command line of a real training process with the same folders."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,3 +74,30 @@ def run_job(module: str, workdir: Path, data_dir: Path, *overrides: str, multiru
             env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(job_command(module, workdir, data_dir, *overrides, multirun=multirun), cwd=ROOT,
                           env=env or job_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A localhost port nobody listens on, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answer(url: str) -> bytes | None:
+    """The body of a GET on `url`, or None while nothing answers there (a server still starting)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read()
+    except OSError:
+        return None
+
+
+def wait_for(check: Callable[[], bool], what: str, seconds: float = 120,
+             detail: Callable[[], str] = lambda: "") -> None:
+    """Poll `check` until it holds (a started server is ready), failing the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not come up within {seconds:.0f}s {detail()}")

@@ -8,11 +8,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, job_env
+from tests.conftest import ROOT, answer, free_port, job_env, wait_for
 
 pytestmark = pytest.mark.slow
 PROJECTS = [f"p{i:02d}" for i in range(12)]
@@ -253,33 +251,20 @@ def test_an_experiment_with_p12_and_an_epoch_cap_runs(repo: Path) -> None:
     sh(repo, "git", "checkout", "params.yaml", "dvc.lock", "reports")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -> None:
     """The runs table as it opens, no columns added: every run's name carries its data, cap and test accuracy."""
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port)],
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=1).read() == b"OK":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy")
+        wait_for(lambda: answer(f"{base}/health") == b"OK", "mlflow server")
         stored = mlflow_runs(repo)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)

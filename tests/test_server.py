@@ -9,11 +9,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,29 +20,14 @@ import numpy as np
 import pytest
 
 from cnnlab.faults import ENV as FAILPOINT
-from tests.conftest import job_env, run_job
+from tests.conftest import answer, free_port, job_env, run_job, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None
-
-
-def _wait_for(check, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{what} did not come up within {seconds:.0f}s")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +44,14 @@ def postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         as_owner = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     subprocess.run([*as_owner, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "cnnlab", "--auth=trust",
                     "-E", "UTF8"], check=True, capture_output=True)
     server = subprocess.Popen([*as_owner, str(bin_dir / "postgres"), "-D", str(root / "data"), "-h", "127.0.0.1",
                                "-p", str(port), "-k", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ready = [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
-        _wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0, "PostgreSQL")
+        wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0, "PostgreSQL")
         subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cnnlab", "mlflow"],
                        check=True, capture_output=True)
         yield f"postgresql://cnnlab@127.0.0.1:{port}/mlflow"
@@ -82,22 +65,15 @@ def postgres() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` on the PostgreSQL store, artifacts proxied to a folder; yields its URL."""
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("proxied-artifacts")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--serve-artifacts",
          "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK"
-        except OSError:
-            return False
-
     try:
-        _wait_for(healthy, "mlflow server", 180)
+        wait_for(lambda: answer(f"{url}/health") == b"OK", "mlflow server", 180)
         yield url
     finally:
         process.terminate()

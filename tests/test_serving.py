@@ -9,11 +9,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from PIL import Image
 
 from cnnlab.predict import read_image
 from cnnlab.train import train
-from tests.conftest import compose_config, folders, job_env
+from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for
 
 pytestmark = pytest.mark.slow
 CHAMPION = "models:/cnnlab-p11@champion"
@@ -85,12 +83,6 @@ print(json.dumps({{"cnnlab": cnnlab.__file__, "p": model.predict(x).tolist()}}))
     np.testing.assert_allclose(out["p"], here, atol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_champion_answers_uint8_images(store: str, tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
@@ -98,15 +90,13 @@ def test_served_champion_answers_uint8_images(store: str, tmp_path: Path) -> Non
          "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=job_env(MLFLOW_TRACKING_URI=store),
         stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no /ping answer in 180 s: " + (tmp_path / "serve.log").read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        log = tmp_path / "serve.log"
+
+        def ready() -> bool:
+            assert server.poll() is None, log.read_text()[-3000:]
+            return answer(f"http://127.0.0.1:{port}/ping") is not None
+
+        wait_for(ready, "mlflow models serve (/ping)", 180, lambda: log.read_text())
         body = json.dumps({"inputs": images(2).tolist()}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
