@@ -40,30 +40,44 @@ def epoch_times(model, inputs: dict, epochs: int) -> list[float]:
 
 
 def synthetic(images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 pixels and one-hot labels (the speed does not depend on the pixels)."""
-    import keras
-
+    """Random uint8 pixels and integer labels (the speed does not depend on the pixels)."""
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
-    return pixels, keras.utils.to_categorical(rng.integers(0, 10, size=images), 10)
+    return rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=images)
 
 
-def cnnlab_seconds(cfg, augmentation, pixels: np.ndarray, labels: np.ndarray, epochs: int) -> list[float]:
-    """Epoch times of the project as cnnlab trains it, with the given augmentation layer specs."""
-    from cnnlab.fitting import build_trainable, fit_inputs
+def cnnlab_seconds(job, layers: list, pixels: np.ndarray, labels: np.ndarray, epochs: int) -> list[float]:
+    """Epoch times of the project as cnnlab trains it (cnnlab.core.loop: one fit per epoch in the epoch's order,
+    the checkpoint after each), with the given augmentation layer specs, the first epoch left out."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
 
-    model, _ = build_trainable(cfg, pixels, augmentation)
-    return epoch_times(model, fit_inputs(cfg.training, pixels, labels), epochs)
+    from cnnlab.core import loop
+    from cnnlab.core.data import Dataset
+
+    training = dataclasses.replace(job.training, epochs=epochs + 1, validation_split=0.0)
+    training = dataclasses.replace(training, early_stopping=dataclasses.replace(training.early_stopping,
+                                                                                enabled=False))
+    augmentation = dataclasses.replace(job.augmentation, layers=list(layers))
+    model, _ = loop.build(job.model, augmentation, training, pixels)
+    data = Dataset(pixels, labels, pixels[:1], labels[:1], [str(i) for i in range(10)], "synthetic")
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        loop.train(model, data, training, job.selection, loop.Checkpoint(Path(folder)),
+                   after_epoch=lambda epoch, logs: seconds.append(logs["epoch_seconds"]))
+    return seconds[1:]
 
 
 def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, float]:
     import keras
 
-    from cnnlab.config import compose
-    from cnnlab.models import build_model
+    from cnnlab.config.compose import compose, to_job
+    from cnnlab.core.data import one_hot
+    from cnnlab.core.models import build_model
 
-    cfg = compose([f"project={project}"])
-    pixels, labels = synthetic(images)
+    cfg = to_job(compose([f"project={project}"]))
+    pixels, classes = synthetic(images)
+    labels = one_hot(classes)
     plain_inputs = {"x": pixels / np.float32(255), "y": labels, "batch_size": cfg.training.batch_size,
                     "shuffle": True}
     seconds: dict[str, list[float]] = {"baseline": [], "cnnlab": [], "cnnlab_no_aug": []}
@@ -72,18 +86,18 @@ def measure(project: str, images: int, epochs: int, repeats: int) -> dict[str, f
         plain = build_model(cfg.model)
         plain.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
         seconds["baseline"] += epoch_times(plain, plain_inputs, epochs)
-        seconds["cnnlab"] += cnnlab_seconds(cfg, cfg.augmentation.layers, pixels, labels, epochs)
-        seconds["cnnlab_no_aug"] += cnnlab_seconds(cfg, [], pixels, labels, epochs)
+        seconds["cnnlab"] += cnnlab_seconds(cfg, cfg.augmentation.layers, pixels, classes, epochs)
+        seconds["cnnlab_no_aug"] += cnnlab_seconds(cfg, [], pixels, classes, epochs)
     return {name: images / statistics.median(values) for name, values in seconds.items()}
 
 
 def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int) -> None:
     """The step-time cost of each augmentation layer of `project` alone, against no augmentation."""
-    from cnnlab.config import compose
+    from cnnlab.config.compose import compose, to_job
 
-    cfg = compose([f"project={project}"])
+    cfg = to_job(compose([f"project={project}"]))
     pixels, labels = synthetic(images)
-    variants = [("none", [])] + [(spec.type, [spec]) for spec in cfg.augmentation.layers]
+    variants = [("none", [])] + [(spec["type"], [spec]) for spec in cfg.augmentation.layers]
     seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(repeats):
         for name, specs in variants:
@@ -97,32 +111,33 @@ def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int)
 
 def time_to_accuracy(target: float, overrides: list[str]) -> None:
     """Train P12 on the configured CIFAR-10 and report when test accuracy first reaches `target`."""
-    import keras
+    import tempfile
+    from pathlib import Path
 
-    from cnnlab.config import compose
-    from cnnlab.data import DataSpec, load
-    from cnnlab.evaluate import evaluate_model
-    from cnnlab.fitting import build_trainable, fit_inputs
-    from cnnlab.train import split
+    from cnnlab.config.compose import compose, to_job
+    from cnnlab.core import loop
+    from cnnlab.core.data import splits
+    from cnnlab.core.evaluation import evaluate_model
+    from cnnlab.run.data import DataSpec, load
 
-    cfg = compose(["project=p12", *overrides])
+    cfg = to_job(compose(["project=p12", *overrides]))
     t = cfg.training
-    data = load(DataSpec.from_config(cfg))
-    keras.utils.set_random_seed(t.seed)
-    x_fit, y_fit, _ = split(data, t.validation_split)
-    model, _ = build_trainable(cfg, x_fit)
-    inputs = fit_inputs(t, x_fit, y_fit)
+    data = load(DataSpec.from_config(cfg.data, cfg.mirror, cfg.paths.data))
+    model, _ = loop.build(cfg.model, cfg.augmentation, t, splits(data, t.validation_split)["training"][0])
     trained, first_epoch, reached = 0.0, None, None
-    for epoch in range(t.epochs):
-        started = time.perf_counter()
-        model.fit(**inputs, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
-        seconds = time.perf_counter() - started
+
+    def after_epoch(epoch: int, logs: dict[str, float]) -> None:
+        nonlocal trained, first_epoch, reached
+        seconds = logs["epoch_seconds"]
         first_epoch = seconds if first_epoch is None else first_epoch
         trained += seconds
         accuracy = evaluate_model(model, data.x_test, data.y_test, data.class_names)["test_accuracy"]
         print(f"epoch {epoch + 1}: {seconds:.2f}s, test accuracy {accuracy:.4f}", flush=True)
         if reached is None and accuracy >= target:
             reached = trained
+
+    with tempfile.TemporaryDirectory() as folder:
+        loop.train(model, data, t, cfg.selection, loop.Checkpoint(Path(folder)), after_epoch=after_epoch)
     if reached is None:
         print(f"P12 did not reach {target:.2%} in {t.epochs} epochs ({trained:.1f}s of training)")
     else:
@@ -144,7 +159,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from cnnlab.train import device_name
+    from cnnlab.run.job import device_name
 
     print(f"device: {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
     if args.time_to_accuracy:

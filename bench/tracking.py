@@ -1,4 +1,4 @@
-"""Logging overhead per epoch: what cnnlab's per-epoch MLflow logging (cnnlab.callbacks.EpochLogger: one
+"""Logging overhead per epoch: what cnnlab's per-epoch MLflow logging (cnnlab.tracking.epochs.log_epoch: one
 synchronous batch of the epoch's six metrics) costs on the embedded sqlite store against a tracking server.
 
 Each repeat is a fresh run that logs `--epochs` epochs; the figure is the median over repeats of the seconds per
@@ -28,22 +28,21 @@ def seconds_per_epoch(uri: str, epochs: int) -> float:
     """One run on `uri` logging `epochs` epochs the way a training job does; seconds per epoch."""
     import mlflow
 
-    from cnnlab.callbacks import EpochLogger
+    from cnnlab.tracking.epochs import log_epoch
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("cnnlab-tracking-bench")
-    logger = EpochLogger()
     with mlflow.start_run():
         started = time.perf_counter()
         for epoch in range(epochs):
-            logger.on_epoch_end(epoch, dict(LOGS))
+            log_epoch(epoch, dict(LOGS))
         return (time.perf_counter() - started) / epochs
 
 
 def main() -> None:
-    from cnnlab.config import use_backend
+    from cnnlab.config.backend import use_backend
 
-    use_backend(os.environ["KERAS_BACKEND"])  # quietly, before cnnlab.callbacks imports Keras
+    use_backend(os.environ["KERAS_BACKEND"])  # quietly, as a training job starts it
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", help="a running tracking server's URL (http://host:port)")
     parser.add_argument("--epochs", type=int, default=50)

@@ -1,4 +1,4 @@
-"""Shared fixtures: configs composed with Hydra's compose API from the real conf/ tree, pointed at a
+"""Shared fixtures: typed jobs composed with Hydra's compose API from the real conf/ tree, pointed at a
 temporary folder (data, runs, state, outputs, MLflow sqlite store), on the tiny synthetic data set, and the
 command line of a real training process with the same folders."""
 
@@ -14,20 +14,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cnnlab.config import compose  # noqa: E402
+from cnnlab.config.compose import compose, to_job  # noqa: E402
+from cnnlab.config.schema import AugmentationConfig, JobConfig, ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PATHS = ("runs", "checkpoints", "outputs", "metrics", "plots")
 
 
-def compose_config(*overrides: str) -> DictConfig:
-    return compose(overrides)
+def compose_config(*overrides: str) -> JobConfig:
+    """The typed job `python -m cnnlab.train <overrides>` would run."""
+    return to_job(compose(overrides))
+
+
+def model_config(project: str) -> ModelConfig:
+    """conf/model/<project>.yaml as the typed section."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                               OmegaConf.load(CONF / "model" / f"{project}.yaml")))
+
+
+def augmentation_config(name: str) -> AugmentationConfig:
+    """conf/augmentation/<name>.yaml as the typed section."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AugmentationConfig),
+                                               OmegaConf.load(CONF / "augmentation" / f"{name}.yaml")))
 
 
 def folders(workdir: Path, data_dir: Path) -> list[str]:
@@ -48,10 +62,10 @@ def workdir(tmp_path: Path, tiny_data_dir: Path) -> Path:
 
 
 @pytest.fixture
-def make_cfg(workdir: Path, tiny_data_dir: Path) -> Callable[..., DictConfig]:
-    """compose(overrides) on tiny data with every folder and a fresh MLflow store in this test's folder."""
+def make_cfg(workdir: Path, tiny_data_dir: Path) -> Callable[..., JobConfig]:
+    """The typed job of `overrides` on tiny data with every folder and a fresh MLflow store in this test's folder."""
 
-    def make(*overrides: str) -> DictConfig:
+    def make(*overrides: str) -> JobConfig:
         return compose_config("data=tiny", *folders(workdir, tiny_data_dir), *overrides)
 
     return make

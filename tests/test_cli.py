@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnnlab.console import has_nvidia_driver
-from cnnlab.faults import ENV as FAILPOINT
+from cnnlab.config.backend import has_nvidia_driver
+from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import ROOT, job_env, run_job
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,8 @@ def test_single_run_with_a_bad_value_exits_before_training(tmp_path: Path, tiny_
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     verbose = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=0",
                       env=job_env(HYDRA_FULL_ERROR="1"))
-    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "cnnlab.config.ConfigError" in verbose.stderr
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    assert "cnnlab.config.errors.ConfigError" in verbose.stderr
 
 
 def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(tmp_path: Path,

@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from cnnlab.config import ConfigError, capped, compose, result_key, settings, use_backend, validate
-from cnnlab.tracking import run_name
+from cnnlab.config.backend import use_backend
+from cnnlab.config.checks import validate
+from cnnlab.config.compose import compose
+from cnnlab.config.errors import ConfigError
+from cnnlab.config.settings import capped, result_key, settings
+from cnnlab.run.context import JobContext
+from cnnlab.run.describe import run_name
 from tests.conftest import CONF, compose_config
 from tests.test_models import EXPECTED_PARAMS
 
@@ -72,7 +77,7 @@ def test_unknown_group_option_lists_the_available_ones(override: str, option: st
     ("model.layers.0.padding=sideways", r"model\.layers\.0\.padding='sideways'", "valid"),
     ("+model.layers.0.filterz=3", r"model\.layers\.0\.filterz=3", "Unrecognized keyword"),
     ("model.layers.1=Flatten", "model.layers", "a mapping with a 'type'"),
-    ("+training.optimizer.momentum=0.9", r"training\.optimizer\.momentum=0\.9", "adam says"),
+    ("training.optimizer.momentum=0.9", r"training\.optimizer\.momentum=0\.9", "adam says"),
     ("training.optimizer.learning_rate=nan", r"training\.optimizer\.learning_rate=nan", "a finite number"),
     ("training.optimizer.learning_rate=inf", r"training\.optimizer\.learning_rate=inf", "a finite number"),
     ("augmentation.layers=[{type:RandomRotation}]", r"augmentation\.layers\.0", "factor"),
@@ -110,9 +115,10 @@ def test_settings_hold_what_decides_the_model_and_nothing_else() -> None:
                      "data.download_retries=7", "data.source=https://example.invalid/c.tar.gz"):
         assert result_key(compose_config("project=p05", override)) == key, override
     for override in ("model.layers.0.filters=64", "training.seed=1", "augmentation=p11", "data=tiny", "backend=jax",
-                     "training.optimizer.learning_rate=0.002"):
+                     "training.optimizer.learning_rate=0.002", "selection.metric=val_loss"):
         assert result_key(compose_config("project=p05", override)) != key, override
-    assert set(settings(base)) == {"project", "backend", "data", "model", "augmentation", "training"}
+    # the selection decides which epoch's weights are kept
+    assert set(settings(base)) == {"project", "backend", "data", "model", "augmentation", "training", "selection"}
 
 
 @pytest.mark.parametrize("project", sorted(EXPECTED_PARAMS))
@@ -125,10 +131,11 @@ def test_an_epoch_cap_keeps_every_project_valid(project: str) -> None:
 def test_run_names_tell_apart_data_epochs_caps_and_settings() -> None:
     tiny = compose_config("project=p00", "data=tiny", "training.epochs=3")
     real = capped(compose_config("project=p00", "data=cifar10", "max_epochs=3"))
-    names = {run_name(cfg, result_key(cfg)) for cfg in (tiny, real, compose_config("project=p00", "data=tiny"))}
+    plain = JobContext()
+    names = {run_name(cfg, result_key(cfg), plain) for cfg in (tiny, real, compose_config("project=p00", "data=tiny"))}
     assert len(names) == 3
-    assert run_name(real, "abcdef0123").startswith("p00 · cifar10 · 3 ep (cap 3) · abcdef")
-    assert run_name(tiny, "abcdef0123") == "p00 · tiny · 3 ep · abcdef"
+    assert run_name(real, "abcdef0123", plain).startswith("p00 · cifar10 · 3 ep (cap 3) · abcdef")
+    assert run_name(tiny, "abcdef0123", plain) == "p00 · tiny · 3 ep · abcdef"
 
 
 def test_unknown_backend_is_refused_before_keras_starts() -> None:
@@ -137,13 +144,15 @@ def test_unknown_backend_is_refused_before_keras_starts() -> None:
 
 
 def test_mirror_from_environment_replaces_the_official_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnnlab.data import DataSpec
+    from cnnlab.run.data import DataSpec
 
     monkeypatch.setenv("CNNLAB_DATA_SOURCE", "/mirror/cifar-10-python.tar.gz")
     monkeypatch.setenv("CNNLAB_DATA_MD5", "0" * 32)
-    spec = DataSpec.from_config(compose_config())
+    job = compose_config()
+    spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
     assert (spec.source, spec.md5) == ("/mirror/cifar-10-python.tar.gz", "0" * 32)
-    tiny = DataSpec.from_config(compose_config("data=tiny"))
+    tiny_job = compose_config("data=tiny")
+    tiny = DataSpec.from_config(tiny_job.data, tiny_job.mirror, tiny_job.paths.data)
     assert tiny.source == "generated" and tiny.generate
 
 

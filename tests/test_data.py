@@ -1,4 +1,4 @@
-"""Fetch, verify, prepare and load CIFAR-10 archives in the official layout (made by cnnlab.synth)."""
+"""Fetch, verify, prepare and load CIFAR-10 archives in the official layout (made by cnnlab.core.synth)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab import synth
-from cnnlab.data import DataError, DataSpec, fetch, file_digest, load, prepare
+from cnnlab.core import synth
+from cnnlab.core.data import DataError
+from cnnlab.run.data import DataSpec, fetch, file_digest, load, prepare
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,9 @@ def test_local_mirror_is_copied_verified_prepared_and_loaded(archive: Path, tmp_
     images, labels = synth.make_images(20, np.random.default_rng(3))
     np.testing.assert_array_equal(data.x_train[:20], images)
     np.testing.assert_array_equal(data.y_train[:20], labels)
-    assert data.checksum == hashlib.sha256((tmp_path / "prepared/cifar10/arrays.npz").read_bytes()).hexdigest()
+    spec = spec_for(archive, file_digest(archive), tmp_path)
+    assert spec.prepared_dir.parent == tmp_path / "prepared" / "cifar10"
+    assert data.checksum == hashlib.sha256((spec.prepared_dir / "arrays.npz").read_bytes()).hexdigest()
 
 
 def test_download_over_http_leaves_no_partial_file(http_server: str, archive: Path, tmp_path: Path) -> None:
@@ -88,12 +91,20 @@ def test_unreachable_url_fails_with_the_mirror_hint(tmp_path: Path) -> None:
         fetch(spec_for("http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32, tmp_path))
 
 
-def test_corrupt_archive_in_place_is_replaced_not_parsed(archive: Path, tmp_path: Path) -> None:
-    spec = spec_for(archive, file_digest(archive), tmp_path)
-    spec.archive_path.parent.mkdir(parents=True)
-    spec.archive_path.write_bytes(archive.read_bytes()[:1000])  # a truncated download
-    prepare(spec)
-    assert file_digest(spec.archive_path) == file_digest(archive)
+def test_an_archive_in_place_with_another_checksum_is_kept_and_named_not_parsed_or_fetched(
+        archive: Path, tmp_path: Path) -> None:
+    """A mirror's archive in place, and a job of a shell without the mirror's settings (it expects the official
+    md5): the archive stays as it is (DVC tracks it), nothing is downloaded, and both checksums are named."""
+    mirror = spec_for(archive, file_digest(archive), tmp_path)
+    fetch(mirror)
+    official = spec_for("http://127.0.0.1:9/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", tmp_path)
+    before = mirror.archive_path.read_bytes()
+    with pytest.raises(DataError, match=rf"has md5 {file_digest(archive)}, but the configured archive has md5 "
+                                        r"c58f30108f718f92721af3b95e74349a: it is kept.*CNNLAB_DATA_SOURCE"):
+        prepare(official)
+    assert mirror.archive_path.read_bytes() == before, "the archive is left in place, unchanged"
+    assert sorted(p.name for p in mirror.archive_path.parent.iterdir()) == ["cifar-10-python.tar.gz"]
+    assert not official.prepared_dir.exists()
 
 
 def test_prepared_data_needs_no_source(archive: Path, tmp_path: Path) -> None:
@@ -157,8 +168,8 @@ def _load_in_process(root: str) -> tuple[str, list[str]]:
             if record.getMessage().startswith(("generated", "prepared")):
                 built.append(record.getMessage().split()[0])
 
-    logging.getLogger("cnnlab.data").addHandler(Collect())
-    logging.getLogger("cnnlab.data").setLevel(logging.INFO)
+    logging.getLogger("cnnlab.run.data").addHandler(Collect())
+    logging.getLogger("cnnlab.run.data").setLevel(logging.INFO)
     spec = DataSpec("tiny", "generated", None, "cifar-10-python.tar.gz", Path(root),
                     generate={"train_per_batch": 40, "test": 40, "seed": 1})
     return load(spec).checksum, built

@@ -51,10 +51,11 @@ def test_a_clone_pulls_the_results_from_the_remote_and_reproduces_nothing(repo: 
 
     import keras
 
-    import cnnlab.layers  # noqa: F401  (registers cnnlab's layers for loading)
+    import cnnlab.core.layers  # noqa: F401  (registers cnnlab's layers for loading)
 
     model = keras.saving.load_model(clone / "outputs" / "p00" / "model.keras")
-    arrays = np.load(clone / "data" / "prepared" / "tiny" / "arrays.npz")
+    (prepared,) = (clone / "data" / "prepared" / "tiny").glob("*/arrays.npz")
+    arrays = np.load(prepared)
     predicted = model.predict(arrays["x_test"], verbose=0).argmax(axis=1)
     assert float((predicted == arrays["y_test"]).mean()) == pytest.approx(metrics["test_accuracy"]), \
         "the pulled model on the pulled data scores what the pipeline published"

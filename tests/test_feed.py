@@ -1,5 +1,5 @@
-"""Batches cut on the device (cnnlab.feed) cover every example once per epoch, keep labels with their images,
-and reshuffle between epochs; on JAX a real training run uses them."""
+"""Batches cut on the device (cnnlab.core.feed) cover every example once per epoch in the epoch's order (a function
+of seed and epoch), keep labels with their images; on JAX a real training run uses them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnnlab.feed import DeviceBatches
+from cnnlab.core.feed import DeviceBatches
+from cnnlab.core.loop import epoch_order
 from tests.conftest import job_env, run_job
 
 
@@ -24,13 +25,14 @@ def epoch(batches: DeviceBatches) -> tuple[np.ndarray, np.ndarray]:
 def test_every_example_once_per_epoch_with_its_label_and_a_new_order_each_epoch() -> None:
     x = np.arange(23 * 2 * 2 * 3, dtype=np.uint8).reshape(23, 2, 2, 3)
     y = np.arange(23, dtype=np.float32)[:, None]
-    batches = DeviceBatches(x, y, batch_size=5, seed=0)
+    on_device = DeviceBatches.transfer(x, y)
+    batches = DeviceBatches(*on_device, batch_size=5, order=epoch_order(23, seed=0, epoch=0))
     assert len(batches) == 5 and keras.ops.shape(batches[4][0])[0] == 3
     first_x, first_y = epoch(batches)
     assert sorted(first_y[:, 0].tolist()) == list(range(23))
     np.testing.assert_array_equal(first_x, x[first_y[:, 0].astype(int)])
-    batches.on_epoch_end()
-    second_x, second_y = epoch(batches)
+    np.testing.assert_array_equal(first_y[:, 0], epoch_order(23, seed=0, epoch=0)), "the epoch's order, again"
+    second_x, second_y = epoch(DeviceBatches(*on_device, batch_size=5, order=epoch_order(23, seed=0, epoch=1)))
     assert sorted(second_y[:, 0].tolist()) == list(range(23)) and not np.array_equal(first_y, second_y)
     np.testing.assert_array_equal(second_x, x[second_y[:, 0].astype(int)])
 

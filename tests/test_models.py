@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
-from cnnlab.models import ModelConfigError, build_model
-from tests.conftest import CONF
+from cnnlab.config.schema import ModelConfig
+from cnnlab.core.models import ModelConfigError, build_model
+from tests.conftest import model_config
 
 # SEED_PROJECTS.md, checked with Keras; the starred ones are printed by the source.
 EXPECTED_PARAMS = {
@@ -17,14 +17,14 @@ EXPECTED_PARAMS = {
 
 @pytest.mark.parametrize("project", sorted(EXPECTED_PARAMS))
 def test_seed_model_parameter_count(project: str) -> None:
-    model = build_model(OmegaConf.load(CONF / "model" / f"{project}.yaml"))
+    model = build_model(model_config(project))
     assert model.count_params() == EXPECTED_PARAMS[project]
     assert model.output_shape == (None, 10)
 
 
 def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
     rates = {
-        p: [spec["rate"] for spec in OmegaConf.load(CONF / "model" / f"{p}.yaml").layers if spec.type == "Dropout"]
+        p: [spec["rate"] for spec in model_config(p).layers if spec["type"] == "Dropout"]
         for p in ("p08", "p09", "p10")
     }
     assert rates["p08"] == [0.3, 0.3, 0.3, 0.3, 0.2, 0.1]
@@ -33,7 +33,7 @@ def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
 
 
 def test_p12_is_a_resnet9_with_a_scaled_head() -> None:
-    model = build_model(OmegaConf.load(CONF / "model" / "p12.yaml"))
+    model = build_model(model_config("p12"))
     assert sum(layer.__class__.__name__ == "Add" for layer in model.layers) == 2
     assert model.get_layer("head_scale").scale == 0.125
     convs = [layer.filters for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
@@ -46,20 +46,20 @@ def test_p12_is_a_resnet9_with_a_scaled_head() -> None:
 def test_unknown_layer_type_names_value_and_allowed() -> None:
     cfg = {"name": "bad", "input_shape": [32, 32, 3], "num_classes": 10, "layers": [{"type": "Conv3x3"}]}
     with pytest.raises(ModelConfigError, match=r"model\.layers\.0: unknown layer type 'Conv3x3'.*Conv2D"):
-        build_model(cfg)
+        build_model(ModelConfig(**cfg))
 
 
 def test_bad_layer_argument_is_named() -> None:
     cfg = {"name": "bad", "input_shape": [32, 32, 3], "num_classes": 10,
            "layers": [{"type": "Dense", "unitz": 3}]}
     with pytest.raises(ModelConfigError, match=r"model\.layers\.0: cannot build Dense"):
-        build_model(cfg)
+        build_model(ModelConfig(**cfg))
 
 
 def test_residual_block_adds_branch_to_input() -> None:
     conv = {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"}
     cfg = {"name": "res", "input_shape": [8, 8, 8], "num_classes": 10,
            "layers": [{"type": "Residual", "layers": [conv, conv]}, {"type": "GlobalMaxPooling2D"}]}
-    model = build_model(cfg)
+    model = build_model(ModelConfig(**cfg))
     assert any(layer.__class__.__name__ == "Add" for layer in model.layers)
     assert model.count_params() == 2 * (8 * 8 * 9 + 8) + 8 * 10 + 10

@@ -62,3 +62,24 @@ def test_every_config_the_readme_names_exists() -> None:
 def test_the_readme_points_at_nothing_outside_the_repository() -> None:
     outside = re.findall(r".{0,20}\.\./\w{2,}.{0,20}", README)  # not the unsafe project id `../x` it lists
     assert not outside, outside
+
+
+def test_the_layout_section_names_every_module_and_package_there_is() -> None:
+    """README's Layout lists src/cnnlab's packages and modules, indented as nested: exactly the tree."""
+    section = README.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed, stack = set(), []
+    for line in section.splitlines():
+        match = re.match(r"^    ( *)([\w./]+)\s", line + " ")
+        if not match:
+            continue
+        depth, name = len(match[1]) // 2, match[2]
+        stack[depth:] = [name]
+        listed.add("".join(stack))
+    package = ROOT / "src" / "cnnlab"
+    on_disk = {f"src/cnnlab/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
+               if p.name != "__init__.py"}
+    on_disk |= {f"src/cnnlab/{p.relative_to(package).as_posix()}/" for p in package.iterdir()
+                if p.is_dir() and (p / "__init__.py").exists()}
+    named = {name.replace("src/cnnlab/", "src/cnnlab/", 1) for name in listed if name.startswith("src/cnnlab/")
+             and name != "src/cnnlab/"}
+    assert named == on_disk

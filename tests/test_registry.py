@@ -9,24 +9,36 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.tracking import MlflowClient
 
-from cnnlab import registry, report
-from cnnlab.train import train
+from cnnlab import report
+from cnnlab.config.schema import Direction
+from cnnlab.run.job import train
+from cnnlab.tracking import registry
 from tests.conftest import job_env, run_job
 
 COMMON = ("project=p00", "training.batch_size=64", "registry.register=true")
 
 
-def test_beats_respects_direction_and_a_missing_value() -> None:
-    assert registry.beats(0.6, 0.5, "maximize") and not registry.beats(0.5, 0.6, "maximize")
-    assert registry.beats(0.4, 0.5, "minimize") and not registry.beats(0.5, 0.5, "minimize")
-    assert registry.beats(0.1, None, "maximize"), "a champion without a value loses to one with"
-    assert not registry.beats(None, 0.1, "maximize")
+def _versions(*values: float | None) -> list[ModelVersion]:
+    return [ModelVersion("cnnlab-p00", str(i + 1), 0, tags=[ModelVersionTag("best_val_accuracy", str(v))])
+            for i, v in enumerate(values)]
+
+
+def test_the_best_version_respects_direction_and_a_missing_value() -> None:
+    def best(direction: Direction, *values: float | None) -> str:
+        return registry.best_version(None, _versions(*values), "val_accuracy", direction).version
+
+    assert best(Direction.maximize, 0.5, 0.6) == "2" and best(Direction.maximize, 0.6, 0.5) == "1"
+    assert best(Direction.minimize, 0.5, 0.4) == "2" and best(Direction.minimize, 0.5, 0.5) == "1", "the earlier"
+    assert best(Direction.maximize, None, 0.1) == "2", "a champion without a value loses to one with"
+    assert best(Direction.maximize, 0.1, None) == "1"
 
 
 def test_register_is_refused_without_a_logged_model(make_cfg) -> None:
-    from cnnlab.config import ConfigError, validate
+    from cnnlab.config.checks import validate
+    from cnnlab.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="registry.register"):
         validate(make_cfg(*COMMON, "tracking.log_model=false"))
@@ -64,5 +76,5 @@ def test_two_trainings_two_versions_champion_on_the_better_one(make_cfg, workdir
 
     published = json.loads((Path(short.paths.runs) / "p00" / versions[0].run_id / "metrics.json").read_text())
     table = report.markdown([{"project": "p00", **published,
-                              "champion": report.champions(["p00"], short.tracking.uri)["p00"]}])
+                              "champion": registry.champions(short.tracking.uri, ["p00"])["p00"]}])
     assert f"`models:/cnnlab-p00@champion` = [version {better}]" in table

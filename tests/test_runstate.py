@@ -1,7 +1,7 @@
 """Every run owns its state: a kill at a chosen instant and the same command again, Ctrl-C and SIGTERM, a second
 process with the same settings, stale records, runs left RUNNING, a diverging loss, and config errors that
 stop a job before anything happens. Real processes and signals, a real MLflow store; failpoints
-(cnnlab.faults) choose every instant, so no test races a job that may finish first."""
+(cnnlab.run.faults) choose every instant, so no test races a job that may finish first."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnnlab.config import ConfigError
+from cnnlab.config.errors import ConfigError
+from cnnlab.core.loop import TrainingDiverged
 from cnnlab.evaluate import reevaluate
-from cnnlab.faults import ENV as FAILPOINT
-from cnnlab.runstate import RunBusy
-from cnnlab.tracking import EPOCH_METRICS, open_store
-from cnnlab.train import TrainingDiverged, train
+from cnnlab.run.faults import ENV as FAILPOINT
+from cnnlab.run.job import train
+from cnnlab.run.state import RunBusy
+from cnnlab.tracking.runs import EPOCH_METRICS
+from cnnlab.tracking.store import open_store
 from tests.conftest import ROOT, job_command, job_env, run_job
 
 JOB = ["project=p00", "training.epochs=3"]
@@ -93,7 +95,7 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_and_the_rerun_continues_it(
     assert steps(workdir, run.info.run_id, "loss") == [0]
     assert not (workdir / "runs").exists(), "no run folder before the run has finished"
     (state,) = (workdir / "checkpoints").glob("p00-*/")
-    assert [p.name for p in (state / "backup").iterdir()] == ["epoch-0001.weights.h5"]
+    assert sorted(p.name for p in (state / "backup").iterdir()) == ["epoch-0001.json", "epoch-0001.weights.h5"]
     monkeypatch.delenv(FAILPOINT)
     train(make_cfg(*JOB, "tracking.log_model=false", "project.description=changed"))  # neither is a param
     assert assert_one_complete_run(workdir, epochs=3, log_model=False) == run.info.run_id, "error tag dropped"
@@ -194,7 +196,7 @@ def test_bad_values_stop_before_data_or_store_and_leave_earlier_results(make_cfg
     bad = {
         "project.id=.": "project.id", "project.id=..": "project.id", "project.id=../../x": "project.id",
         "model.layers.0.kernel_size=-1": "model.layers.0.kernel_size",
-        "+training.optimizer.momentum=0.9": "training.optimizer.momentum",
+        "training.optimizer.momentum=0.9": "training.optimizer.momentum",
         "training.optimizer.learning_rate=nan": "training.optimizer.learning_rate",
         f"paths.runs={workdir / 'a_file' / 'runs'}": "paths.runs",
         "tracking.uri=sqlite:////proc/cnnlab/mlflow.db": "tracking.uri",
@@ -212,17 +214,17 @@ def test_bad_values_stop_before_data_or_store_and_leave_earlier_results(make_cfg
 
 
 def test_a_copied_store_is_refused_before_it_writes_into_the_original(make_cfg, workdir: Path) -> None:
-    open_store(make_cfg())
+    open_store(make_cfg().tracking)
     copy = workdir / "copy"
     copy.mkdir()
     shutil.copy(workdir / "mlflow.db", copy / "mlflow.db")
     with pytest.raises(ConfigError, match=r"tracking.uri=.*copied or moved"):
-        open_store(make_cfg(f"tracking.uri=sqlite:///{copy / 'mlflow.db'}"))
+        open_store(make_cfg(f"tracking.uri=sqlite:///{copy / 'mlflow.db'}").tracking)
 
 
 def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> None:
     """What a job killed after training leaves, a rerun can use: the model saved in the state loads back."""
-    from cnnlab.runstate import RunState
+    from cnnlab.run.state import RunState
 
     with RunState.claim(make_cfg("project=p11")) as state:
         assert state.trained_model() is None

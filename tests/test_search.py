@@ -18,9 +18,11 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from cnnlab.config import CONF, ConfigError
-from cnnlab.faults import ENV as FAILPOINT
-from cnnlab.study import job_trial
+from cnnlab.config.compose import CONF
+from cnnlab.config.errors import ConfigError
+from cnnlab.run.context import JobContext
+from cnnlab.run.faults import ENV as FAILPOINT
+from cnnlab.search.study import job_trial
 from hydra_plugins.cnnlab_optuna.optuna_search import search_space
 from tests.conftest import ROOT, job_command, job_env, run_job
 
@@ -100,10 +102,10 @@ def test_the_search_space_takes_hydra_sweeps_and_the_command_line_wins() -> None
 
 
 def test_a_job_refuses_to_be_a_trial_without_validation_data(make_cfg) -> None:
-    with pytest.raises(ConfigError, match=r"training.validation_split=0 is not allowed: .*validation data"):
-        job_trial(make_cfg("project=p12", "training.validation_split=0", "optuna_trial=0"))
+    with pytest.raises(ConfigError, match=r"training.validation_split=0.0 is not allowed: .*validation data"):
+        job_trial(make_cfg("project=p12", "training.validation_split=0", "optuna_trial=0"), JobContext())
     with pytest.raises(ConfigError, match="optuna_trial=3 is not allowed: only set by the search sweeper"):
-        job_trial(make_cfg("project=p00", "optuna_trial=3"))
+        job_trial(make_cfg("project=p00", "optuna_trial=3"), JobContext())
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_a_search_without_validation_data_is_refused_before_anything_runs(tmp_pa
     done = run_job("cnnlab.train", tmp_path, tiny_data_dir, "hparams_search=p12_optuna",
                    "training.validation_split=0", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")
     assert done.returncode != 0
-    assert "training.validation_split=0 is not allowed: a fraction above 0 in a search" in done.stderr
+    assert "training.validation_split=0.0 is not allowed: a fraction above 0 in a search" in done.stderr
     assert not (tmp_path / "runs").exists() and optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}") == []
 
 

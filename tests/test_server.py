@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.faults import ENV as FAILPOINT
+from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import answer, free_port, job_env, run_job, wait_for
 
 pytestmark = pytest.mark.slow
@@ -198,3 +198,50 @@ def test_a_submitit_sweep_stopped_by_sigterm_resumes_in_the_same_runs(server: st
         assert run.info.status == "FINISHED" and "error" not in run.data.tags
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
     assert list((tmp_path / "sweep").glob(".submitit/*")), "the jobs went through submitit"
+
+
+REGISTER = """
+import sys
+from cnnlab.config.schema import SelectionConfig
+from cnnlab.tracking.registry import register
+url, project, run_id = sys.argv[1:]
+print("ready", flush=True)
+sys.stdin.readline()  # all start at once
+register(url, project, SelectionConfig(), run_id)
+"""
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, repeat: int) -> None:
+    """Four processes register four finished runs of one project at the same instant (released together once all
+    are ready): whatever order their decisions land in, `champion` ends on the run best on validation."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server)
+    experiment = client.create_experiment(f"champion-race-{repeat}-{os.getpid()}")
+    values = list(np.random.default_rng(repeat).permutation([0.61, 0.74, 0.52, 0.69]))
+    project = f"race{repeat}x{os.getpid()}"
+    run_ids = []
+    for value in values:
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "best_val_accuracy", float(value))
+        model = client.create_logged_model(experiment, name="model", source_run_id=run.info.run_id)
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+        run_ids.append(run.info.run_id)
+    jobs = [subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for run_id in run_ids]
+    for job in jobs:
+        assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
+    for job in jobs:
+        job.stdin.write("go\n")
+        job.stdin.flush()
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read()[-3000:]
+    versions = client.search_model_versions(f"name = 'cnnlab-{project}'")
+    assert len(versions) == 4
+    champion = client.get_model_version_by_alias(f"cnnlab-{project}", "champion")
+    assert champion.run_id == run_ids[values.index(max(values))]

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.predict import read_image
-from cnnlab.train import train
+from cnnlab.run.job import train
 from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_requirements_name_the_backend_and_pinned_versions(store: str) -> None:
 
     assert pinned["keras"] == keras.__version__ and pinned["mlflow"] == mlflow.__version__
     assert pinned["numpy"] == np.__version__ and keras.backend.backend() in pinned
-    assert (local / "code" / "cnnlab" / "layers.py").is_file()
+    assert (local / "code" / "cnnlab" / "core" / "layers.py").is_file()
 
 
 def test_p11_loads_and_predicts_where_cnnlab_is_not_importable(store: str, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnlab.evaluate import DataMismatch, reevaluate
-from cnnlab.tracking import EPOCH_METRICS
-from cnnlab.train import main, train
+from cnnlab.run.job import selected_value, train
+from cnnlab.tracking.runs import EPOCH_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -86,14 +86,17 @@ def test_a_job_returns_its_best_validation_value_never_a_test_figure(trained, ma
     run = client.get_run(out.name)
     val_accuracy = [m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     val_loss = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
-    assert main(cfg) == pytest.approx(max(val_accuracy)) == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert selected_value(cfg, train(cfg)) == pytest.approx(max(val_accuracy)) == \
+        pytest.approx(run.data.metrics["best_val_accuracy"])
     assert metrics["selection"] == {"metric": "val_accuracy", "direction": "maximize",
                                     "value": pytest.approx(max(val_accuracy)),
                                     "epoch": val_accuracy.index(max(val_accuracy))}
     by_loss = make_cfg("project=p00", "training.epochs=4", "training.batch_size=64", "selection.metric=val_loss",
                        "selection.direction=minimize")
-    assert main(by_loss) == pytest.approx(min(val_loss)), "the same finished run, judged by another selection"
-    assert main(by_loss) != pytest.approx(metrics["test_loss"])
+    # another selection keeps another epoch's weights: another key, a run of its own, trained the same way
+    chosen = selected_value(by_loss, train(by_loss))
+    assert chosen == pytest.approx(min(val_loss), rel=1e-5)
+    assert chosen != pytest.approx(metrics["test_loss"])
 
 
 def test_reevaluate_reproduces_the_test_accuracy_without_training(trained, make_cfg, workdir: Path) -> None:

@@ -1,4 +1,4 @@
-"""cnnlab.workspace: in a DVC temporary copy (DVC_ROOT names another folder), a relative sqlite store, runs/ and
+"""cnnlab.run.checkout: in a DVC temporary copy (DVC_ROOT names another folder), a relative sqlite store, runs/ and
 checkpoints/ resolve against the user's repository, and its conf/local/ is read; elsewhere nothing changes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.workspace import config_overrides, relocated
+from cnnlab.run.checkout import config_overrides, relocated
 from tests.conftest import compose_config
 
 

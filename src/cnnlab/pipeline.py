@@ -2,14 +2,14 @@
 
 params.yaml picks what the pipeline builds (projects, data, seed, backend, an epoch cap); each project's own
 settings come from the Hydra tree (conf/). `compose` writes, per project, exactly what decides its trained model
-(cnnlab.config.settings) to `composed/<project>.yaml`: the train stage depends on that file and trains from it
+(cnnlab.config.settings.settings) to `composed/<project>.yaml`: the train stage depends on that file and trains from it
 and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
 so editing a description retrains nothing and editing a model retrains that project. `train` is the same
 `cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
 metrics/), `registry.register=true` (its model becomes a version of `cnnlab-<project>`, the champion if it is
 the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already
 finished, and registers it if the kill came first). In a queued experiment's temporary copy of the repository,
-the copy's own code and configs run, and the run is tracked in the user's store (cnnlab.workspace)."""
+the copy's own code and configs run, and the run is tracked in the user's store (cnnlab.run.checkout)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ from typing import Any
 
 import yaml
 
-from cnnlab.config import BACKENDS, apply_settings, capped, check_id, compose, settings
-from cnnlab.console import one_line_errors
-from cnnlab.workspace import config_overrides, relocated, run_own_code
+from cnnlab.cli import one_line_errors
+from cnnlab.config.checks import check_id
+from cnnlab.config.compose import compose, to_job
+from cnnlab.config.schema import Backend
+from cnnlab.config.settings import apply_settings, capped, settings
+from cnnlab.run.checkout import config_overrides, relocated, run_own_code
+
+BACKENDS = [b.value for b in Backend]
 
 COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ def run_overrides(params: dict[str, Any]) -> list[str]:
 def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
     """The settings the pipeline trains `project` with: its conf/ settings, params.yaml's seed, epoch cap."""
     overrides = [f"project={project}", *run_overrides(params), f"training.seed={params['seed']}"]
-    return settings(capped(compose(overrides)))
+    return settings(capped(to_job(compose(overrides))))
 
 
 @one_line_errors
@@ -77,12 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "train":
         if args.project not in params["projects"]:
             parser.error(f"project {args.project!r} is not in params.yaml's projects {params['projects']}")
-        from cnnlab.train import train
+        from cnnlab.run.context import JobContext
+        from cnnlab.run.job import train
 
         chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
-        base = compose([f"project={args.project}", *run_overrides(params), "publish=true", "on_finished=skip",
-                        "registry.register=true"])
-        train(relocated(apply_settings(base, chosen)))
+        base = to_job(compose([f"project={args.project}", *run_overrides(params), "publish=true",
+                               "on_finished=skip", "registry.register=true"]))
+        train(relocated(apply_settings(base, chosen)), JobContext.current())
     elif args.stage == "compose":
         COMPOSED.mkdir(exist_ok=True)
         for stale in set(COMPOSED.glob("*.yaml")) - {COMPOSED / f"{p}.yaml" for p in params["projects"]}:
@@ -91,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
             text = yaml.safe_dump(composed(params, project), sort_keys=False)
             (COMPOSED / f"{project}.yaml").write_text(text)
     else:
-        from cnnlab.data import DataSpec, fetch, prepare
+        from cnnlab.run.data import DataSpec, fetch, prepare
 
-        spec = DataSpec.from_config(compose(run_overrides(params)))
+        job = to_job(compose(run_overrides(params)))
+        spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
         (fetch if args.stage == "fetch" else prepare)(spec)
 
 

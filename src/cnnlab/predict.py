@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from cnnlab.run.checkout import run_own_code
 
 SIZE = (32, 32)
 TOP = 3
@@ -39,33 +42,13 @@ def read_image(path: Path) -> np.ndarray:
         raise PredictError(f"{path}: {reason}") from None
 
 
-def fetch_model(uri: str) -> str:
-    """The model's local folder (downloaded from the store if it is there), or a one-line error."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from cnnlab.tracking import sqlite_file
-
-    store = mlflow.get_tracking_uri()
-    database = sqlite_file(store)
-    if uri.startswith(("models:/", "runs:/")) and database is not None and not database.exists():
-        raise PredictError(f"model {uri!r}: there is no MLflow store {store} here (set MLFLOW_TRACKING_URI)")
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    except (MlflowException, OSError) as err:
-        message = err.message if isinstance(err, MlflowException) else str(err)
-        raise PredictError(f"model {uri!r} not found in {store}: {message.splitlines()[0]}") from None
-    if not Path(local, "MLmodel").is_file():
-        raise PredictError(f"model {uri!r} is not an MLflow model (no MLmodel file in it)")
-    return local
-
-
 def top_classes(probabilities: np.ndarray, class_names: list[str], top: int = TOP) -> list[tuple[str, float]]:
     order = np.argsort(probabilities)[::-1][:top]
     return [(class_names[i], float(probabilities[i])) for i in order]
 
 
 def main(argv: list[str] | None = None) -> None:
+    run_own_code("cnnlab.predict", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="MLflow model URI, e.g. models:/cnnlab-p11@champion")
@@ -73,10 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     batch = np.stack([read_image(path) for path in args.images])
-    local = fetch_model(args.model)
-    import mlflow.pyfunc
+    from cnnlab.tracking.model import ModelNotFound, download, load_pyfunc
 
-    model = mlflow.pyfunc.load_model(local)
+    try:
+        local = download(args.model)
+    except ModelNotFound as err:
+        raise PredictError(str(err)) from None
+    model = load_pyfunc(local)
     import keras
 
     keras.utils.disable_interactive_logging()  # no progress bar on stdout, which has the answers

@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab import plots
-from cnnlab.config import compose
+from cnnlab.config.compose import compose, to_job
 from cnnlab.pipeline import read_params, run_overrides
-from cnnlab.registry import CHAMPION, champion_uri, model_name
-from cnnlab.tracking import sqlite_file
-from cnnlab.workspace import relocated, run_own_code
+from cnnlab.run import plots
+from cnnlab.run.checkout import relocated, run_own_code
 
 UI = "http://127.0.0.1:5000"
 
@@ -44,24 +42,9 @@ def ui(row: dict[str, Any]) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
 
 
-def champions(projects: list[str], uri: str) -> dict[str, str]:
-    """The version `champion` points at, per project that has one in the store at `uri`."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    database = sqlite_file(uri)
-    if database is not None and not database.exists():
-        return {}
-    client, found = MlflowClient(uri), {}
-    for project in projects:
-        try:
-            found[project] = client.get_model_version_by_alias(model_name(project), CHAMPION).version
-        except MlflowException:
-            continue
-    return found
-
-
 def _champion(project: str, version: str | None, base: str) -> str:
+    from cnnlab.tracking.registry import champion_uri, model_name
+
     if version is None:
         return "–"
     return f"`{champion_uri(project)}` = [version {version}]({base}/#/models/{model_name(project)}/versions/{version})"
@@ -125,7 +108,9 @@ def main() -> None:
     run_own_code("cnnlab.report", sys.argv[1:])
     params = read_params()
     rows = load_rows(params["projects"], Path("metrics"), Path("outputs"))
-    versions = champions(params["projects"], relocated(compose(run_overrides(params))).tracking.uri)
+    from cnnlab.tracking.registry import champions
+
+    versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
     for row in rows:
         row["champion"] = versions.get(row["project"])
     out = Path("reports")

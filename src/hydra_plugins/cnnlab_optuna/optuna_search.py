@@ -15,9 +15,9 @@ in parallel processes.
   (failed ones are not counted, and not retried within one invocation). Trials left RUNNING by a sweep of this
   host that died (kill -9) are told FAIL and queued again with the same params
   (optuna.storages.RetryHeartbeatStaleTrialCallback), so their jobs resume or reuse their runs.
-- Each job gets `optuna_trial=<number>` and reports to its trial itself (cnnlab.study); a job stopped by the
+- Each job gets `optuna_trial=<number>` and reports to its trial itself (cnnlab.search.study); a job stopped by the
   pruner raises optuna.TrialPruned and its trial is told PRUNED; a job that returns no value is told FAIL.
-- The sweep's MLflow parent run (cnnlab.tracking.SweepRunCallback) is tagged with the study's name and storage
+- The sweep's MLflow parent run (cnnlab.tracking.sweep.SweepRunCallback) is tagged with the study's name and storage
   (password hidden) at the start, and gets the study's best trial (its run, params and value) at the end."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import faults
-from cnnlab.config import fail
+from cnnlab.config.errors import fail
+from cnnlab.run import faults
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,23 @@ class OptunaSearch(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from cnnlab import study as studies
-        from cnnlab import tracking
+        from cnnlab.run.context import SWEEP_RUN_ENV
+        from cnnlab.search import study as studies
+        from cnnlab.tracking.runs import HOST
+        from cnnlab.tracking.sweep import link_study
 
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         self.check_objective(fixed)
-        direction = str(self.config.selection.direction)
+        direction = self.config.selection.direction.value
         study = optuna.create_study(storage=studies.storage(self.storage), study_name=self.study_name,
                                     pruner=self.pruner, direction=direction, load_if_exists=True)
         study.sampler = self.make_sampler(len(study.trials))
         if study.direction.name.lower() != direction:
             fail("selection.direction", direction, f"the direction of the existing study {self.study_name!r} "
                  f"({study.direction.name.lower()}); use another hydra.sweeper.study_name")
-        parent = os.environ.get(tracking.SWEEP_RUN_ENV)
+        parent = os.environ.get(SWEEP_RUN_ENV)
         if parent:
-            tracking.link_study(parent, self.study_name, studies.public_url(self.storage))
+            link_study(parent, self.study_name, studies.public_url(self.storage))
         retry_abandoned(study)
         counted = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                            optuna.trial.TrialState.PRUNED,
@@ -97,7 +99,7 @@ class OptunaSearch(Sweeper):
             trials = [study.ask({name: dist for name, (_, dist) in space.items()})
                       for _ in range(min(self.n_jobs, to_launch - launched))]
             for trial in trials:
-                trial.set_user_attr(HOST_ATTR, tracking.HOST)
+                trial.set_user_attr(HOST_ATTR, HOST)
                 trial.set_user_attr(PID_ATTR, os.getpid())
             batch = [[*fixed, *(f"{prefix}{name}={trial.params[name]}" for name, (prefix, _) in space.items()),
                       f"optuna_trial={trial.number}"] for trial in trials]
@@ -121,8 +123,8 @@ class OptunaSearch(Sweeper):
                                                                  sweep_overrides=list(fixed))
         if not cfg.training.validation_split:
             fail("training.validation_split", cfg.training.validation_split,
-                 f"a fraction above 0 in a search: its objective, {cfg.selection.metric}, is measured on validation "
-                 "data (P12 trains without it by default; hparams_search=p12_optuna sets one)")
+                 f"a fraction above 0 in a search: its objective, {cfg.selection.metric.value}, is measured on "
+                 "validation data (P12 trains without it by default; hparams_search=p12_optuna sets one)")
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, tuple[str, Any]], list[str]]:
@@ -188,7 +190,7 @@ def retry_abandoned(study: Any) -> None:
     RUNNING trials of live sweeps, or of other hosts, are left alone."""
     import optuna
 
-    from cnnlab.tracking import HOST, process_alive
+    from cnnlab.tracking.runs import HOST, process_alive
 
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8, under its new name since 4.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -202,8 +204,8 @@ def retry_abandoned(study: Any) -> None:
 
 def record_best(study: Any, parent: str, space: dict[str, tuple[str, Any]]) -> None:
     """The study's best trial on the sweep's parent run (its MLflow run, overrides, value and params)."""
-    from cnnlab.study import RUN_ATTR
-    from cnnlab.tracking import record_best as record
+    from cnnlab.search.study import RUN_ATTR
+    from cnnlab.tracking.sweep import record_best as record
 
     try:
         best = study.best_trial

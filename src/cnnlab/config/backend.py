@@ -1,5 +1,5 @@
-"""What cnnlab's commands print: the Keras backend's start-up noise left out on machines without an NVIDIA GPU,
-and a config error as one line.
+"""Starting the Keras backend: chosen before the first `import keras`, and started quietly on machines without an
+NVIDIA GPU.
 
 TensorFlow writes its start-up messages from C++ straight to file descriptor 2, before its own log settings
 are read (TF_CPP_MIN_LOG_LEVEL hides none of them, and level 3 would hide real errors too). So while the backend
@@ -11,17 +11,17 @@ a failing cuInit is then a real problem."""
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from cnnlab.config import ConfigError
+from cnnlab.config.errors import fail
+from cnnlab.config.schema import Backend
 
 NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
@@ -72,18 +72,19 @@ def start_backend() -> None:
         keras.distribution.list_devices()
 
 
-def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:
-    """A config error of a single run ends the command with its one-line message (exit status 2); the traceback
-    only with HYDRA_FULL_ERROR=1. Other errors, and sweeps (which record failed jobs), are unchanged."""
+def use_backend(backend: str) -> None:
+    """Select the Keras backend and start it (quietly); refuses a backend other than the one already imported."""
+    name = backend.value if isinstance(backend, Backend) else str(backend)
+    allowed = [b.value for b in Backend]
+    if name not in allowed:
+        fail("backend", name, f"one of {', '.join(allowed)}")
+    if importlib.util.find_spec(name) is None:
+        fail("backend", name, f"an installed backend; {name} is not installed here (pip install {name})")
+    if "keras" in sys.modules:
+        import keras
 
-    @functools.wraps(task)  # Hydra finds conf/ from the task function's module
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return task(*args, **kwargs)
-        except ConfigError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return run
+        if keras.backend.backend() != name:
+            fail("backend", name, f"Keras is already running on {keras.backend.backend()!r} in this process "
+                 "(set KERAS_BACKEND or backend= before starting)")
+    os.environ["KERAS_BACKEND"] = name
+    start_backend()

@@ -4,16 +4,16 @@
 The sweeper asks Optuna for a trial and launches a job with the override `optuna_trial=<number>`; the job finds
 the study (storage, name, pruner) in the sweeper's own config, which every job of the sweep composes too, so no
 storage URL (which may hold a password) travels on a command line. The job reports `selection.metric` after
-every epoch and stops when the pruner says so (optuna-integration's KerasPruningCallback raising
+every epoch, once the epoch is kept and logged, and stops when the pruner says so (raising
 `optuna.TrialPruned`); the sweeper, which owns the trial's end, then tells it PRUNED."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
-
-from cnnlab.config import fail
+from cnnlab.config.errors import fail
+from cnnlab.config.schema import JobConfig
+from cnnlab.run.context import JobContext
 
 RUN_ATTR = "mlflow_run_id"
 
@@ -34,20 +34,21 @@ def public_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def job_trial(cfg: DictConfig) -> Any | None:
+def job_trial(job: JobConfig, context: JobContext) -> Any | None:
     """The running Optuna trial this job is (`optuna_trial`, set by the search sweeper), or None outside a
     search. Refused clearly when the job cannot report to it."""
-    number = cfg.get("optuna_trial")
+    number = job.optuna_trial
     if number is None:
         return None
-    if not cfg.training.validation_split:
-        fail("training.validation_split", cfg.training.validation_split,
-             f"a fraction above 0 in a search: its objective, {cfg.selection.metric}, is measured on validation data")
+    if not job.training.validation_split:
+        fail("training.validation_split", job.training.validation_split,
+             f"a fraction above 0 in a search: its objective, {job.selection.metric.value}, is measured on "
+             "validation data")
     import optuna
-    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else {}
+    sweeper = OmegaConf.create(context.sweeper)
     if not sweeper.get("storage") or not sweeper.get("study_name"):
         fail("optuna_trial", number, "only set by the search sweeper (hydra/sweeper=optuna_search), for its jobs")
     store = storage(sweeper.storage)
@@ -74,11 +75,13 @@ def link_run(trial: Any | None, run_id: str) -> None:
         trial.set_user_attr(RUN_ATTR, run_id)
 
 
-def pruning_callbacks(cfg: DictConfig, trial: Any | None) -> list[Any]:
-    """A Keras callback that reports `selection.metric` per epoch to the trial and raises optuna.TrialPruned when
-    the study's pruner stops it; none outside a search."""
-    if trial is None:
-        return []
-    from optuna_integration import KerasPruningCallback
+def report(trial: Any | None, metric: str, epoch: int, logs: dict[str, float]) -> None:
+    """Report the epoch's `metric` to the trial and raise optuna.TrialPruned when the study's pruner stops it
+    (nothing outside a search)."""
+    if trial is None or metric not in logs:
+        return
+    import optuna
 
-    return [KerasPruningCallback(trial, str(cfg.selection.metric))]
+    trial.report(float(logs[metric]), step=epoch)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"Trial was pruned at epoch {epoch}.")

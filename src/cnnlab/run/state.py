@@ -1,12 +1,13 @@
 """The mutable state of one unfinished run, in a folder that only its own job writes.
 
 `<paths.checkpoints>/<project>-<key>/`, where the key hashes everything that decides the trained model
-(cnnlab.config.result_key), holds while the run is unfinished:
+(cnnlab.config.settings.result_key), holds while the run is unfinished:
 
 - `run.json`: the MLflow store, experiment and run (and logged model) this state belongs to;
 - `history.csv`: each finished epoch's metrics, written by Keras' CSVLogger: the run's journal;
-- `backup/epoch-<n>.weights.h5`: model and optimizer state after epoch n, written whole, then renamed;
-- `trained.keras`: the model once `fit` has ended, so a job killed after training does not train again.
+- `backup/`: the training's checkpoint after its last epoch (cnnlab.core.loop.Checkpoint: weights, optimizer,
+  random generators, early stopping, the best epoch and its weights), each file written whole, then renamed;
+- `trained.keras`: the model once training has ended, so a job killed after training does not train again.
 
 Per epoch the journal row is written first, then the backup, then the MLflow metrics, so MLflow's steps are
 always a prefix of the backed-up epochs, which are a prefix of the journal: a resumed job cuts the journal
@@ -22,20 +23,19 @@ import io
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig
 
-from cnnlab.config import result_key
-from cnnlab.files import atomic_write, remove, remove_partials, temporary_beside
+from cnnlab.config.schema import JobConfig
+from cnnlab.config.settings import result_key
+from cnnlab.core.loop import Checkpoint
+from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside
 
 log = logging.getLogger(__name__)
-BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
 
 
 class RunBusy(RuntimeError):
@@ -49,7 +49,7 @@ class RunState:
         self.folder, self.key = folder, key
         self.record_file = folder / "run.json"
         self.journal = folder / "history.csv"
-        self.backup_dir = folder / "backup"
+        self.checkpoint = Checkpoint(folder / "backup")
         self.trained_file = folder / "trained.keras"
 
     @staticmethod
@@ -58,17 +58,17 @@ class RunState:
 
     @classmethod
     @contextmanager
-    def claim(cls, cfg: DictConfig) -> Iterator[RunState]:
-        """The state of `cfg`'s run, held by this process alone until the block ends; RunBusy if another
+    def claim(cls, job: JobConfig) -> Iterator[RunState]:
+        """The state of the job's run, held by this process alone until the block ends; RunBusy if another
         process holds it."""
-        key = result_key(cfg)
-        folder = Path(cfg.paths.checkpoints) / f"{cfg.project.id}-{key}"
+        key = result_key(job)
+        folder = Path(job.paths.checkpoints) / f"{job.project.id}-{key}"
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cls.lock_path(folder))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise RunBusy(f"{cfg.project.id} with these settings is being trained by another process right now "
+            raise RunBusy(f"{job.project.id} with these settings is being trained by another process right now "
                           f"(it holds {cls.lock_path(folder)}); wait for it to finish (running the same command "
                           "again afterwards finds its result) or change a setting") from None
         try:
@@ -105,18 +105,8 @@ class RunState:
         atomic_write(self.record_file, json.dumps({**(self.record() or {}), **fields}, indent=2) + "\n")
 
     def epochs_done(self) -> int:
-        """Epochs whose state is backed up: the newest complete backup file's number (0 when there is none)."""
-        found = [int(m.group(1)) for p in self.backup_dir.glob("epoch-*.weights.h5") if (m := BACKUP.fullmatch(p.name))]
-        return max(found, default=0)
-
-    def restore(self, model: Any) -> int:
-        """Load the newest backup into the compiled `model`; returns the number of epochs it has done."""
-        done = self.epochs_done()
-        if done:
-            if not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
-            model.load_weights(self.backup_dir / f"epoch-{done:04d}.weights.h5")
-        return done
+        """Epochs whose state is backed up (0 when there is none)."""
+        return self.checkpoint.latest()
 
     def history(self, epochs: int) -> list[dict[str, float]]:
         """The journal's first `epochs` epochs (as CSVLogger wrote them, values Keras could not give left out);
@@ -143,7 +133,7 @@ class RunState:
             return None
         import keras
 
-        import cnnlab.layers  # noqa: F401  (registers cnnlab's layers for loading)
+        import cnnlab.core.layers  # noqa: F401  (registers cnnlab's layers for loading)
 
         log.info("training had ended before the job stopped: using %s", self.trained_file)
         return keras.saving.load_model(self.trained_file)

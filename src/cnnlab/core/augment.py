@@ -6,24 +6,26 @@ test images too."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from cnnlab.models import build_layer
+from cnnlab.core.models import build_layer, layer_class
 
 
 def build_augmentation(specs: Sequence[Mapping[str, Any]], fit_images: np.ndarray, seed: int) -> list[keras.Layer]:
-    """Augmentation layers from their specs; each layer that has `adapt` is fitted on `fit_images` (in [0, 1])
-    as they look after the layers before it."""
+    """Augmentation layers from their specs; each layer that takes a `seed` and is given none gets one from
+    `seed`, and each layer that has `adapt` is fitted on `fit_images` (in [0, 1]) as they look after the layers
+    before it."""
     layers: list[keras.Layer] = []
     for i, spec in enumerate(specs):
-        spec = dict(spec)
-        if spec["type"].startswith("Random") and "seed" not in spec:
+        spec, where = dict(spec), f"augmentation.layers.{i}"
+        if "seed" not in spec and "seed" in inspect.signature(layer_class(spec["type"], where)).parameters:
             spec["seed"] = seed + i
-        layer = build_layer(spec, f"augmentation.layers.{i}")
+        layer = build_layer(spec, where)
         if hasattr(layer, "adapt"):
             seen = keras.Sequential(layers).predict(fit_images, batch_size=1024, verbose=0) if layers else fit_images
             layer.adapt(seen)

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import plots
-from cnnlab.evaluate import write_confusion
-from cnnlab.files import atomic_write, publish_copy, remove, replace_dir, temporary_beside
+from cnnlab.config.schema import JobConfig, PathsConfig, ProjectConfig
+from cnnlab.config.settings import plain
+from cnnlab.run import plots
+from cnnlab.run.files import atomic_write, publish_copy, remove, replace_dir, temporary_beside
 
 ARTIFACTS = ["metrics.json", "run.json", "config.yaml", "history.csv", "learning_curves.png",
              "confusion_matrix.png", "confusion.csv"]
@@ -30,8 +31,8 @@ PUBLISHED_OUTPUTS = ["model.keras", "run.json", "config.yaml"]
 PUBLISHED_PLOTS = ["history.csv", "confusion.csv", "learning_curves.png", "confusion_matrix.png"]
 
 
-def run_folder(cfg: DictConfig, run_id: str) -> Path:
-    return Path(cfg.paths.runs) / str(cfg.project.id) / run_id
+def run_folder(paths: PathsConfig, project: str, run_id: str) -> Path:
+    return Path(paths.runs) / project / run_id
 
 
 def as_columns(history: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -40,21 +41,11 @@ def as_columns(history: list[dict[str, float]]) -> dict[str, list[float]]:
     return {key: [row.get(key, float("nan")) for row in history] for key in keys}
 
 
-def reported_accuracy(cfg: DictConfig) -> float | None:
+def reported_accuracy(project: ProjectConfig) -> float | None:
     """The source's test accuracy as a fraction, the unit of cnnlab's own figures (the config quotes the source's
     percent)."""
-    reported = cfg.project.reported_accuracy
+    reported = project.reported_accuracy
     return None if reported is None else round(reported / 100, 4)
-
-
-def selection(cfg: DictConfig, history: list[dict[str, float]]) -> dict[str, Any]:
-    """The run's value for choosing between runs: the best epoch of `selection.metric` (a validation metric)
-    in `selection.direction`; value and epoch are None when the run had no validation data."""
-    metric, direction = str(cfg.selection.metric), str(cfg.selection.direction)
-    values = [(row[metric], epoch) for epoch, row in enumerate(history)
-              if np.isfinite(row.get(metric, float("nan")))]
-    best = (max if direction == "maximize" else min)(values, default=(None, None))
-    return {"metric": metric, "direction": direction, "value": best[0], "epoch": best[1]}
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -73,48 +64,60 @@ def write_history(history: list[dict[str, float]], path: Path) -> None:
         writer.writerows({"epoch": epoch, **row} for epoch, row in enumerate(history))
 
 
-def stage(cfg: DictConfig, run_id: str, trained: Path, evaluation: dict[str, Any], class_names: list[str],
-          identity: dict[str, Any], history: list[dict[str, float]]) -> Path:
-    """Write every file of the run into a fresh staging folder beside its final place; returns the folder."""
-    folder = temporary_beside(run_folder(cfg, run_id), "staged")
+def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any], class_names: list[str],
+          identity: dict[str, Any], history: list[dict[str, float]], selection: dict[str, Any]) -> Path:
+    """Write every file of the run into a fresh staging folder beside its final place; returns the folder.
+    `selection` is the kept epoch's record: metric, direction, its value and (0-based) epoch."""
+    folder = temporary_beside(run_folder(job.paths, job.project.id, run_id), "staged")
     remove(folder)
     folder.mkdir(parents=True)
-    project = str(cfg.project.id)
+    project = job.project.id
     curves = as_columns(history)
     metrics = {
         "test_accuracy": evaluation["test_accuracy"], "test_loss": evaluation["test_loss"],
         "per_class_accuracy": evaluation["per_class_accuracy"], "epochs": len(history),
         "train_seconds": round(float(sum(curves.get("epoch_seconds", []))), 2),
-        "params": identity["params"], "reported_accuracy": reported_accuracy(cfg),
-        "selection": selection(cfg, history),
+        "params": identity["params"], "reported_accuracy": reported_accuracy(job.project),
+        "selection": selection,
         "data": {"name": identity["data"], "source": identity["data_source"], "md5": identity["data_md5"],
                  "sha256": identity["data_sha256"]},
-        "epoch_cap": identity["epoch_cap"], "device": identity["device"],
+        "epoch_cap": identity["epoch_cap"], "device": identity["device"], "early_stopped": identity["early_stopped"],
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "run.json").write_text(json.dumps({"project": project, **identity}, indent=2) + "\n")
     shutil.copyfile(trained, folder / "model.keras")
     write_history(history, folder / "history.csv")
-    OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(plain(job), sort_keys=False))
     plots.save(plots.learning_curves(curves, project.upper()), folder / "learning_curves.png")
     write_confusion(np.asarray(evaluation["confusion_matrix"]), class_names, folder,
                     f"{project.upper()} test confusion matrix")
     return folder
 
 
-def place(cfg: DictConfig, run_id: str, staged: Path) -> Path:
+def write_confusion(matrix: np.ndarray, class_names: list[str], folder: Path, title: str) -> Path:
+    """confusion_matrix.png and a long-format confusion.csv (actual,predicted,count) for DVC plots."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["actual,predicted,count"] + [
+        f"{class_names[i]},{class_names[j]},{int(n)}" for (i, j), n in np.ndenumerate(matrix)
+    ]
+    (folder / "confusion.csv").write_text("\n".join(rows) + "\n")
+    png = folder / "confusion_matrix.png"
+    plots.save(plots.confusion_matrix(np.asarray(matrix), class_names, title), png)
+    return png
+
+
+def place(job: JobConfig, run_id: str, staged: Path) -> Path:
     """Rename the staged folder to the run's folder; returns it."""
-    final = run_folder(cfg, run_id)
+    final = run_folder(job.paths, job.project.id, run_id)
     replace_dir(staged, final)
     return final
 
 
-def publish(cfg: DictConfig, folder: Path) -> None:
+def publish(paths: PathsConfig, project: str, folder: Path) -> None:
     """Publish a finished run's folder where the DVC pipeline declares the project's outputs."""
-    project = str(cfg.project.id)
-    Path(cfg.paths.checkpoints).mkdir(parents=True, exist_ok=True)
-    with FileLock(Path(cfg.paths.checkpoints) / f"{project}.publish.lock"):
-        publish_copy(folder, Path(cfg.paths.outputs) / project, PUBLISHED_OUTPUTS)
-        publish_copy(folder, Path(cfg.paths.plots) / project, PUBLISHED_PLOTS)
-        atomic_write(Path(cfg.paths.metrics) / f"{project}.json", (folder / "metrics.json").read_bytes())
+    Path(paths.checkpoints).mkdir(parents=True, exist_ok=True)
+    with FileLock(Path(paths.checkpoints) / f"{project}.publish.lock"):
+        publish_copy(folder, Path(paths.outputs) / project, PUBLISHED_OUTPUTS)
+        publish_copy(folder, Path(paths.plots) / project, PUBLISHED_PLOTS)
+        atomic_write(Path(paths.metrics) / f"{project}.json", (folder / "metrics.json").read_bytes())
 

@@ -1,6 +1,6 @@
 """Build Keras models from data: a model config is an ordered list of layer specs (`type` plus arguments).
 
-`type` is any keras.layers class, one of cnnlab's own layers (cnnlab.layers), or `Residual`, whose `layers`
+`type` is any keras.layers class, one of cnnlab's own layers (cnnlab.core.layers), or `Residual`, whose `layers`
 are applied to a branch that is added back to its input (for ResNet-style projects)."""
 
 from __future__ import annotations
@@ -9,19 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
-from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.layers import CUSTOM_LAYERS
+from cnnlab.config.schema import ModelConfig
+from cnnlab.core.layers import CUSTOM_LAYERS
 
 RESIDUAL = "Residual"
 
 
 class ModelConfigError(ValueError):
     """A layer spec names an unknown layer type or arguments the layer does not take."""
-
-
-def _plain(spec: Any) -> Any:
-    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
 
 
 def layer_class(name: str, where: str = "layer") -> type[keras.layers.Layer]:
@@ -38,7 +34,6 @@ def layer_class(name: str, where: str = "layer") -> type[keras.layers.Layer]:
 def check_layer_specs(specs: Sequence[Mapping[str, Any]], where: str) -> None:
     """Check every spec names a known type (recursively), without building anything."""
     for i, spec in enumerate(specs):
-        spec = _plain(spec)
         if not isinstance(spec, Mapping) or "type" not in spec:
             raise ModelConfigError(f"{where}.{i}: a layer spec must be a mapping with a 'type', got {spec!r}")
         if spec["type"] == RESIDUAL:
@@ -51,7 +46,7 @@ def build_layer(spec: Mapping[str, Any], where: str = "layer") -> keras.layers.L
     """One Keras layer from its spec; an argument the layer refuses is a ModelConfigError naming
     `<where>.<argument>`. (Called directly, not through keras.layers.deserialize, which hides the layer's own
     message behind a generic one.)"""
-    kwargs = dict(_plain(spec))
+    kwargs = dict(spec)
     cls = layer_class(kwargs.pop("type"), where)
     try:
         return cls(**kwargs)
@@ -66,7 +61,6 @@ def build_layer(spec: Mapping[str, Any], where: str = "layer") -> keras.layers.L
 def apply_layers(x: keras.KerasTensor, specs: Sequence[Mapping[str, Any]], where: str) -> keras.KerasTensor:
     """Apply layer specs to a symbolic tensor, expanding `Residual` blocks into a branch plus an Add."""
     for i, spec in enumerate(specs):
-        spec = _plain(spec)
         if spec.get("type") == RESIDUAL:
             x = keras.layers.Add()([x, apply_layers(x, spec.get("layers") or [], f"{where}.{i}.layers")])
         else:
@@ -74,21 +68,20 @@ def apply_layers(x: keras.KerasTensor, specs: Sequence[Mapping[str, Any]], where
     return x
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> keras.Model:
-    """The composed `model` group in, a Keras model out: the listed layers, then Dense(num_classes) and softmax,
-    with the logits multiplied by `head_scale` when the config sets one (ResNet-style heads).
+def build_model(model: ModelConfig) -> keras.Model:
+    """The `model` section in, a Keras model out: the listed layers, then Dense(num_classes) and softmax, with the
+    logits multiplied by `head_scale` when the config sets one (ResNet-style heads).
 
     The head computes in float32 so mixed precision keeps a stable softmax."""
-    inputs = keras.Input(shape=tuple(model_cfg["input_shape"]), name="images")
+    inputs = keras.Input(shape=tuple(model.input_shape), name="images")
     try:
-        x = apply_layers(inputs, model_cfg["layers"], "model.layers")
+        x = apply_layers(inputs, model.layers, "model.layers")
     except (TypeError, ValueError) as err:
         if isinstance(err, ModelConfigError):
             raise
         raise ModelConfigError(f"model.layers: the layers do not fit together: {err}") from err
-    x = keras.layers.Dense(model_cfg["num_classes"], dtype="float32", name="logits")(x)
-    scale = model_cfg.get("head_scale", 1.0)
-    if scale != 1.0:
-        x = keras.layers.Rescaling(scale, dtype="float32", name="head_scale")(x)
+    x = keras.layers.Dense(model.num_classes, dtype="float32", name="logits")(x)
+    if model.head_scale != 1.0:
+        x = keras.layers.Rescaling(model.head_scale, dtype="float32", name="head_scale")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(x)
-    return keras.Model(inputs, outputs, name=str(model_cfg["name"]))
+    return keras.Model(inputs, outputs, name=model.name)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 CODE_DIR = "code"
-BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
 
 def requirements(backend: str) -> list[str]:
     """The model's pip requirements, pinned to this environment's versions: Keras, its backend, MLflow, NumPy
     (cnnlab's layers need nothing else)."""
+    from cnnlab.config.settings import BACKEND_PACKAGES
+
     names = ["keras", *BACKEND_PACKAGES[backend], "mlflow", "numpy"]
     return [f"{name}=={importlib.metadata.version(name)}" for name in names]
 
@@ -34,7 +35,7 @@ def add_cnnlab(local: str) -> None:
     from mlflow.models import Model
     from mlflow.pyfunc import CODE, MAIN
 
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     shutil.copytree(package, Path(local, CODE_DIR, package.name), ignore=shutil.ignore_patterns("__pycache__"))
     model = Model.load(local)
     flavor = model.flavors["python_function"]
@@ -50,6 +51,6 @@ def _load_pyfunc(path: str) -> Any:
     os.environ.setdefault("KERAS_BACKEND", Model.load(path).flavors["keras"]["keras_backend"])
     import mlflow.keras.load
 
-    import cnnlab.layers  # noqa: F401  registers cnnlab's layers with Keras
+    import cnnlab.core.layers  # noqa: F401  registers cnnlab's layers with Keras
 
     return mlflow.keras.load._load_pyfunc(path)

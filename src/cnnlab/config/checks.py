@@ -1,0 +1,143 @@
+"""Every check of a job's values that can be made before data is loaded or anything is written, each raising a
+ConfigError that names the key, the value and what is allowed. Types are the schema's business (composition
+refuses them); what is left is meaning: ranges, names, combinations, what Keras can build, where files can go.
+
+`check_job` needs no Keras, so a command refuses a bad value in seconds, before the backend starts;
+`check_buildable` builds every layer, the model and the optimizer (Keras must be running)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config.errors import fail
+from cnnlab.config.schema import DataConfig, JobConfig, MirrorConfig, TrackingConfig, TrainingConfig
+from cnnlab.config.settings import plain
+
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PATH_KEYS = ("data", "outputs", "runs", "checkpoints", "metrics", "plots")
+
+
+def check_id(key: str, value: Any) -> str:
+    """A project id names folders: one safe path component (no '.', '..', '/', leading dot)."""
+    if not isinstance(value, str) or not SAFE_ID.fullmatch(value):
+        fail(key, value, "a name of letters, digits, '_', '.' or '-' that starts with a letter or digit "
+                         "(it names the project's folders)")
+    return value
+
+
+def validate(job: JobConfig) -> None:
+    """All checks, `check_job` then `check_buildable`."""
+    check_job(job)
+    check_buildable(job)
+
+
+def check_job(job: JobConfig) -> None:
+    """Everything that needs neither Keras nor data, the first bad key raising a ConfigError."""
+    check_id("project.id", job.project.id)
+    for group in ("model", "augmentation", "training"):
+        _finite_numbers(plain(getattr(job, group)), group)
+    _check_training(job.training)
+    if job.registry.register and not job.tracking.log_model:
+        fail("registry.register", True, "false when tracking.log_model=false (there is no model to register)")
+    if job.max_epochs < 0:
+        fail("max_epochs", job.max_epochs, "a non-negative integer (0 = no cap)")
+    _check_tracking(job.tracking)
+    _check_data(job.data, job.mirror)
+    _check_paths(job)
+
+
+def _positive(value: int, key: str) -> None:
+    if value <= 0:
+        fail(key, value, "a positive integer")
+
+
+def _fraction(value: float, key: str) -> None:
+    if not 0 <= value < 1:
+        fail(key, value, "a number in [0, 1)")
+
+
+def _finite_numbers(node: Any, key: str) -> None:
+    """No NaN or infinity anywhere under `node`: they pass every range check and ruin a run later."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _finite_numbers(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _finite_numbers(v, f"{key}.{i}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        fail(key, node, "a finite number")
+
+
+def _auto_or_bool(value: bool | str, key: str) -> None:
+    if isinstance(value, str) and value != "auto":
+        fail(key, value, "auto, true or false")
+
+
+def _check_training(t: TrainingConfig) -> None:
+    for key in ("epochs", "batch_size", "steps_per_execution"):
+        _positive(getattr(t, key), f"training.{key}")
+    _positive(t.early_stopping.patience, "training.early_stopping.patience")
+    if t.seed < 0:
+        fail("training.seed", t.seed, "a non-negative integer")
+    _fraction(t.validation_split, "training.validation_split")
+    _fraction(t.label_smoothing, "training.label_smoothing")
+    _auto_or_bool(t.device_data, "training.device_data")
+    _auto_or_bool(t.jit_compile, "training.jit_compile")
+    monitor = t.early_stopping.monitor.value
+    if monitor.startswith("val_") and t.early_stopping.enabled and t.validation_split == 0:
+        fail("training.early_stopping.monitor", monitor,
+             "a training metric (loss, accuracy) when training.validation_split is 0")
+    opt = t.optimizer
+    if not 0 <= opt.warmup_epochs < t.epochs:
+        fail("training.optimizer.warmup_epochs", opt.warmup_epochs,
+             f"an integer from 0 to training.epochs - 1 ({t.epochs - 1})")
+    if opt.learning_rate <= 0:
+        fail("training.optimizer.learning_rate", opt.learning_rate, "a positive number")
+
+
+def _check_tracking(t: TrackingConfig) -> None:
+    if not 0 < t.system_metrics_interval < math.inf:
+        fail("tracking.system_metrics_interval", t.system_metrics_interval, "a positive number of seconds")
+
+
+def _check_data(data: DataConfig, mirror: MirrorConfig) -> None:
+    if data.generate is None:
+        md5 = mirror.md5 if mirror.source else data.md5
+        if not re.fullmatch(r"[0-9a-f]{32}", str(md5)):
+            fail("mirror.md5" if mirror.source else "data.md5", md5, "32 lowercase hex digits (an md5)")
+        return
+    for key in ("train_per_batch", "test"):
+        _positive(getattr(data.generate, key), f"data.generate.{key}")
+    if data.generate.seed < 0:
+        fail("data.generate.seed", data.generate.seed, "a non-negative integer")
+
+
+def _check_paths(job: JobConfig) -> None:
+    from cnnlab.run.files import writable_dir
+
+    for key in PATH_KEYS:
+        value = getattr(job.paths, key)
+        problem = writable_dir(Path(value))
+        if problem:
+            fail(f"paths.{key}", value, f"a folder cnnlab can write into ({problem})")
+
+
+def check_buildable(job: JobConfig) -> None:
+    """Build every layer, the model and the optimizer: a wrong argument or shape fails here, naming the key."""
+    from cnnlab.core.models import ModelConfigError, build_layer, build_model, check_layer_specs
+    from cnnlab.core.optimizer import make_optimizer
+
+    try:
+        check_layer_specs(job.model.layers, "model.layers")
+        check_layer_specs(job.augmentation.layers, "augmentation.layers")
+        for i, spec in enumerate(job.augmentation.layers):
+            build_layer(spec, f"augmentation.layers.{i}")
+        build_model(job.model)
+    except ModelConfigError as err:
+        from cnnlab.config.errors import ConfigError
+
+        raise ConfigError(str(err)) from err
+    make_optimizer(job.training.optimizer, steps_per_epoch=1, epochs=job.training.epochs)

@@ -1,0 +1,230 @@
+"""CIFAR-10 on disk: fetch the archive (download or copy a mirror, checksummed, or generate the tiny set), prepare
+it once into `prepared/<name>/<digest of what it was made from>/` (cnnlab.core.data does the reading and writing),
+load it. Safe for many processes at once: building happens under one file lock per data set, every file is
+written under a unique temporary name and renamed into place, and data made from other settings lives in another
+folder, so nothing is rebuilt under a job that is reading it. Nothing is fetched when valid prepared data exists;
+an archive already there is never deleted: one whose checksum is not the configured one stops the job, naming
+both checksums, before anything is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from tqdm import tqdm
+
+from cnnlab.config.schema import DataConfig, MirrorConfig
+from cnnlab.config.settings import data_md5, plain
+from cnnlab.core import synth
+from cnnlab.core.data import DataError, Dataset, read_archive, read_npz, write_npz
+from cnnlab.run.files import atomic_write, remove_partials, temporary_beside
+
+log = logging.getLogger(__name__)
+
+MIRROR_HINT = (
+    "Offline? Use a mirror: export CNNLAB_DATA_SOURCE=/path/to/cifar-10-python.tar.gz (or another URL) and "
+    "CNNLAB_DATA_MD5=<its md5>, or set `mirror.source`/`mirror.md5` in the git-ignored conf/local/default.yaml "
+    "(it lasts beyond this shell)."
+)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where one data set comes from and where it lives on disk."""
+
+    name: str
+    source: str
+    md5: str | None
+    archive: str
+    root: Path
+    retries: int = 3
+    generate: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, data: DataConfig, mirror: MirrorConfig, root: str | Path) -> DataSpec:
+        """From the `data` and `mirror` sections (the mirror is used for downloaded data only) and `paths.data`."""
+        source = mirror.source if data.generate is None and mirror.source else data.source
+        return cls(data.name, str(source), data_md5(data, mirror), data.archive, Path(root), data.download_retries,
+                   plain(data.generate))
+
+    @property
+    def archive_path(self) -> Path:
+        return self.root / "raw" / self.name / self.archive
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What prepared data must have been made from to be this data set."""
+        return {"name": self.name, "md5": self.md5, "generate": self.generate}
+
+    @property
+    def prepared_dir(self) -> Path:
+        """`prepared/<name>/<12 hex digits of the identity>/`: one folder per thing it can be made from."""
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
+        return self.root / "prepared" / self.name / digest
+
+    def lock(self) -> FileLock:
+        """The inter-process lock under which this data set is fetched and prepared."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.root / f".{self.name}.lock")
+
+
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def _is_url(source: str) -> bool:
+    return source.split("://", 1)[0] in {"http", "https", "ftp", "file"} and "://" in source
+
+
+def _download(url: str, target: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+
+
+def _copy_local(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise DataError(f"data source {str(source)!r} is not a file (a local source must be an existing "
+                        f"archive, or give an http(s) URL). {MIRROR_HINT}")
+    shutil.copyfile(source, target)
+
+
+def fetch(spec: DataSpec) -> Path:
+    """The verified archive at `spec.archive_path`, fetched only when missing."""
+    with spec.lock():
+        return _fetch(spec)
+
+
+def _fetch(spec: DataSpec) -> Path:
+    target = spec.archive_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partials(target.parent, target.name)
+    if spec.generate is not None:
+        return _generate(spec)
+    if target.exists():
+        actual = file_digest(target)
+        if actual == spec.md5:
+            return target
+        raise DataError(f"{target} has md5 {actual}, but the configured archive has md5 {spec.md5}: it is kept as it "
+                        "is. Is a mirror's setting missing in this shell (CNNLAB_DATA_SOURCE, CNNLAB_DATA_MD5, or "
+                        "conf/local/default.yaml)? To fetch the configured archive instead, remove that file first.")
+    partial = temporary_beside(target)
+    error = ""
+    for attempt in range(1, spec.retries + 1):
+        try:
+            if _is_url(spec.source):
+                _download(spec.source, partial)
+            else:
+                _copy_local(Path(spec.source).expanduser(), partial)
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            partial.unlink(missing_ok=True)
+            error = f"could not fetch {spec.source}: {err}"
+        else:
+            actual = file_digest(partial)
+            if actual == spec.md5:
+                partial.replace(target)
+                log.info("fetched %s (md5 %s)", target, actual)
+                return target
+            partial.unlink()
+            error = f"checksum mismatch for {spec.source}: expected md5 {spec.md5}, got {actual}"
+        if attempt < spec.retries:
+            delay = 2 ** (attempt - 1)
+            log.warning("%s (attempt %d of %d); retrying in %ds", error, attempt, spec.retries, delay)
+            time.sleep(delay)
+    raise DataError(f"{error} (after {spec.retries} attempt(s)). {MIRROR_HINT}")
+
+
+def _generate(spec: DataSpec) -> Path:
+    """Write the synthetic archive once per settings; its sidecar (md5 and settings) detects corruption and
+    changed settings (generated data is cnnlab's own: made again, never fetched)."""
+    target = spec.archive_path
+    sidecar = target.with_name(target.name + ".json")
+    made = _read_json(sidecar)
+    if target.exists() and made == {"md5": file_digest(target), "generate": spec.generate}:
+        return target
+    partial = temporary_beside(target)
+    synth.write_archive(partial, **spec.generate)
+    atomic_write(sidecar, json.dumps({"md5": file_digest(partial), "generate": spec.generate}) + "\n")
+    partial.replace(target)
+    log.info("generated %s with %s", target, spec.generate)
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing or unreadable (then whatever it describes is
+    rebuilt)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _prepared(spec: DataSpec) -> dict[str, Any] | None:
+    """The prepared data's info when it is complete, intact and made from this data set; otherwise None."""
+    info = _read_json(spec.prepared_dir / "info.json")
+    arrays = spec.prepared_dir / "arrays.npz"
+    if info is None or info.get("made_from") != spec.identity or not arrays.exists():
+        return None
+    if file_digest(arrays, "sha256") != info.get("sha256"):
+        log.warning("%s does not match the checksum in its info.json: preparing it again", arrays)
+        return None
+    return info
+
+
+def prepare(spec: DataSpec) -> Path:
+    """Convert the archive once into `<prepared_dir>/arrays.npz` plus `info.json` (counts, checksums and the
+    settings it was made from)."""
+    with spec.lock():
+        if _prepared(spec) is None:
+            _prepare(spec)
+    return spec.prepared_dir / "arrays.npz"
+
+
+def _prepare(spec: DataSpec) -> None:
+    archive = _fetch(spec)
+    arrays, class_names = read_archive(archive)
+    folder = spec.prepared_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("arrays.npz", "info.json"):
+        remove_partials(folder, name)
+    target = folder / "arrays.npz"
+    partial = temporary_beside(target)
+    write_npz(partial, arrays)
+    info = {
+        "name": spec.name, "train": len(arrays["x_train"]), "test": len(arrays["x_test"]), "class_names": class_names,
+        "archive_md5": file_digest(archive), "sha256": file_digest(partial, "sha256"), "made_from": spec.identity,
+    }
+    (folder / "info.json").unlink(missing_ok=True)  # never an info.json beside arrays it does not describe
+    partial.replace(target)
+    atomic_write(folder / "info.json", json.dumps(info, indent=2) + "\n")
+    log.info("prepared %s: %d train, %d test images", target, info["train"], info["test"])
+
+
+def load(spec: DataSpec) -> Dataset:
+    """Prepared arrays, fetched and prepared first when missing, damaged or made from other settings (by one
+    process; the others wait for it). The checksum is that of the bytes loaded."""
+    info = _prepared(spec)
+    if info is None:
+        prepare(spec)
+        info = _prepared(spec)
+    if info is None:
+        raise DataError(f"{spec.prepared_dir} changed while it was being loaded; try again")
+    data = read_npz(spec.prepared_dir / "arrays.npz", info["class_names"])
+    if data.checksum != info["sha256"]:
+        raise DataError(f"{spec.prepared_dir / 'arrays.npz'} changed while it was being loaded (sha256 "
+                        f"{data.checksum}, its info.json says {info['sha256']}); try again")
+    return data
