@@ -100,7 +100,7 @@ def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(tmp_pat
 
 def test_twelve_projects_in_parallel_on_an_empty_folder(tmp_path: Path) -> None:
     """README's parallel recipe on a fresh checkout: every job finishes, and one of them builds the data."""
-    done = run_cli("cnnlab.train", tmp_path, tmp_path / "data", "project=glob(*,exclude=p12)", "training.epochs=1",
+    done = run_cli("cnnlab.train", tmp_path, tmp_path / "data", "project=glob(p??,exclude=p12)", "training.epochs=1",
                    "hydra/launcher=parallel", "hydra.launcher.n_jobs=3", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
     parents, children = runs_by_parent(tmp_path)
@@ -161,3 +161,24 @@ def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Pat
     (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["project"] == "p01"
     assert (tmp_path / "runs" / "p01" / run.info.run_id / "model.keras").exists()
+
+
+def test_an_unsafe_project_id_writes_nothing_outside_the_working_folder(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """`project.id=../../x` is refused in one line before Hydra makes its run folder; in a sweep each such job is
+    refused (a FAILED run) and Hydra's job folders are named from the id made harmless."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    overrides = ["data=tiny", f"paths.data={tiny_data_dir}", "tracking.log_model=false"]
+    base = [sys.executable, "-m", "cnnlab.train"]
+    single = subprocess.run([*base, *overrides, "project.id=../../x"], cwd=work, env=job_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 2 and len(single.stderr.strip().splitlines()) == 1, single.stderr[-3000:]
+    assert single.stderr.startswith("error: project.id='../../x' is not allowed")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b"], \
+        "nothing written, not even Hydra's run folder"
+    sweep = subprocess.run([*base, "-m", *overrides, "project.id=../../x,../y", "training.epochs=1"], cwd=work,
+                           env=job_env(), capture_output=True, text=True, timeout=600)
+    assert sweep.returncode != 0 and "2 of 2 sweep jobs failed" in sweep.stderr, sweep.stderr[-3000:]
+    outside = [p for p in tmp_path.rglob("*") if p not in (tmp_path / "a", work) and not p.is_relative_to(work)]
+    assert outside == []
+    assert list((work / "logs" / "train" / "multiruns").glob("*/0__._.._x"))

@@ -115,6 +115,9 @@ def test_a_second_process_with_the_same_settings_is_refused_and_shares_nothing(
             time.sleep(0.1)
         with pytest.raises(RunBusy, match="p00 with these settings is being trained by another process"):
             train(make_cfg(*JOB))
+        twin = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
+        assert twin.returncode == 2 and twin.stderr.startswith("error: p00 with these settings is being trained")
+        assert len(twin.stderr.strip().splitlines()) == 1, "one line, no traceback"
     finally:
         os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
@@ -233,3 +236,49 @@ def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> N
         assert state.trained_model().count_params() == 3
         state.clear()
         assert not state.folder.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("points, status", [
+    ("mid_epoch:1@SIGINT,recording_failure@SIGINT", "KILLED"),  # a second Ctrl-C while the first is recorded
+    ("mid_epoch:1@SIGTERM,recording_failure@ENOSPC", "KILLED"),  # the artifact store full while recording
+])
+def test_a_stopped_run_ends_killed_whatever_happens_while_it_is_recorded(
+        points: str, status: str, make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
+    stopped = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: points}))
+    assert stopped.returncode != 0
+    (run,) = runs(workdir)
+    assert run.info.status == status, "never FINISHED: it did not finish"
+    assert steps(workdir, run.info.run_id, "loss") == [0]
+    again = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert assert_one_complete_run(workdir, epochs=3) == run.info.run_id, "continued, each epoch logged once"
+
+
+@pytest.mark.slow
+def test_a_failure_while_a_failure_is_recorded_still_ends_the_run_failed(workdir: Path, tiny_data_dir: Path) -> None:
+    diverging = (*JOB[:1], "training.epochs=5", "training.optimizer.learning_rate=1e30", "tracking.log_model=false")
+    done = run_job("cnnlab.train", workdir, tiny_data_dir, *diverging,
+                   env=job_env(**{FAILPOINT: "recording_failure@ENOSPC"}))
+    assert done.returncode != 0 and "TrainingDiverged" in done.stderr
+    (run,) = runs(workdir)
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
+    assert "could not record the failure" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_right_after_the_run_started_ends_it_killed(workdir: Path, tiny_data_dir: Path) -> None:
+    stopped = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: "run_started@SIGINT"}))
+    assert stopped.returncode != 0
+    (run,) = runs(workdir)
+    assert run.info.status == "KILLED", "MLflow's exit hook would have called it FINISHED"
+    again = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = runs(workdir)
+    assert (first.info.status, second.info.status) == ("KILLED", "FINISHED")
+    assert steps(workdir, second.info.run_id, "loss") == [0, 1, 2] and not finished_runs_reused(workdir)
+
+
+def finished_runs_reused(workdir: Path) -> bool:
+    """Whether a FINISHED run lacks its test evaluation (what on_finished=skip would wrongly reuse)."""
+    return any(r.info.status == "FINISHED" and "test_accuracy" not in r.data.metrics for r in runs(workdir))

@@ -35,7 +35,8 @@ def test_train_writes_outputs_and_a_complete_mlflow_run(trained, workdir: Path) 
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["epochs"] == 4 and metrics["params"] == 263_402
     assert metrics["test_accuracy"] > 0.5, "the tiny classes are learnable: P00 must beat chance (0.1) clearly"
-    assert len((out / "history.csv").read_text().strip().splitlines()) == 1 + 4
+    lines = (out / "history.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["epoch", "1", "2", "3", "4"], "counted from 1, as the log"
     identity = json.loads((out / "run.json").read_text())
     assert identity["mlflow_run_id"] == out.name and identity["project"] == "p00"
     assert not (workdir / "outputs").exists() and not (workdir / "metrics").exists(), "only the pipeline publishes"
@@ -90,7 +91,7 @@ def test_a_job_returns_its_best_validation_value_never_a_test_figure(trained, ma
         pytest.approx(run.data.metrics["best_val_accuracy"])
     assert metrics["selection"] == {"metric": "val_accuracy", "direction": "maximize",
                                     "value": pytest.approx(max(val_accuracy)),
-                                    "epoch": val_accuracy.index(max(val_accuracy))}
+                                    "epoch": val_accuracy.index(max(val_accuracy)) + 1}
     by_loss = make_cfg("project=p00", "training.epochs=4", "training.batch_size=64", "selection.metric=val_loss",
                        "selection.direction=minimize")
     # another selection keeps another epoch's weights: another key, a run of its own, trained the same way

@@ -1,5 +1,7 @@
-"""What every cnnlab command shares: a config error ends it with one line (exit status 2), the traceback only
-with HYDRA_FULL_ERROR=1."""
+"""What every cnnlab command shares: a refusal (a config error, a run another process is training) ends it with
+one line (exit status 2), the traceback only with HYDRA_FULL_ERROR=1; and a check of the command line before
+Hydra or the Keras backend start, so a typo costs seconds, Hydra's own composition errors are one line too, and
+nothing (not even Hydra's run folder) is written for a job that is refused."""
 
 from __future__ import annotations
 
@@ -12,18 +14,63 @@ from typing import Any
 from cnnlab.config.errors import ConfigError
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    from cnnlab.run.state import RunBusy
+
+    return ConfigError, RunBusy
+
+
 def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:
-    """A config error of a single run ends the command with its one-line message (exit status 2). Other errors,
-    and sweeps (which record failed jobs), are unchanged."""
+    """A refusal of a single run ends the command with its one-line message (exit status 2). Other errors, and
+    sweeps (which record failed jobs), are unchanged."""
 
     @functools.wraps(task)  # Hydra finds conf/ from the task function's module
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except ConfigError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except _refusals() as err:
+            refuse(err)
 
     return run
+
+
+def refuse(err: BaseException) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def precheck(argv: list[str], store: bool = True) -> None:
+    """Compose the command line's config with Hydra's compose API and check what needs no Keras and no data (the
+    typed values, the project id, paths, the store when `store`), before the Hydra app runs; a refusal ends the
+    command with one line. A sweep's varied values are left to its jobs (each refused one is recorded FAILED)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnlab.config.compose import CompositionError, compose, to_job
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        job = to_job(compose(fixed))
+    except CompositionError as err:
+        refuse(err)
+        return
+    except Exception:  # noqa: BLE001 - anything else is Hydra's to report, as it would without this check
+        return
+    search = any(o.key_or_group == "hparams_search" for o in parsed)  # a search is a multirun (its config says so)
+    if args.multirun or search or len(fixed) != len(parsed):
+        return
+    from cnnlab.config.checks import check_job
+    from cnnlab.tracking.store import check_store
+
+    try:
+        check_job(job)
+        if store:
+            check_store(job.tracking.uri)
+    except ConfigError as err:
+        refuse(err)

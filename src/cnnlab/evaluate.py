@@ -14,7 +14,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cnnlab.cli import one_line_errors
+from cnnlab.cli import one_line_errors, precheck
 from cnnlab.config.backend import use_backend
 from cnnlab.config.checks import check_id
 from cnnlab.config.compose import check_composed, to_job
@@ -104,6 +104,7 @@ def task(cfg: DictConfig) -> float:
 
 def main() -> None:
     run_own_code("cnnlab.evaluate", sys.argv[1:])
+    precheck(sys.argv[1:], store=False)
     task()
 
 

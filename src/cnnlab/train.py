@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cnnlab.cli import one_line_errors
+from cnnlab.cli import one_line_errors, precheck
 from cnnlab.config.compose import check_composed, to_job
 from cnnlab.run.checkout import run_own_code
 from cnnlab.run.context import JobContext
@@ -48,6 +48,7 @@ def task(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     run_own_code("cnnlab.train", sys.argv[1:])
+    precheck(sys.argv[1:])
     task()
 
 

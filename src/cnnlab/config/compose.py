@@ -27,6 +27,16 @@ from cnnlab.config.schema import JobConfig
 CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
+def _safe_name(value: Any) -> str:
+    """A value made one harmless folder name (`../../x` -> `.._.._x` is still one name: every '/' and a leading
+    '.' become '_'), for Hydra's run folders, which are made before any check of the project id can run."""
+    return re.sub(r"^\.|[^A-Za-z0-9_.-]", "_", str(value)) or "_"
+
+
+if not OmegaConf.has_resolver("cnnlab_safe"):
+    OmegaConf.register_new_resolver("cnnlab_safe", _safe_name)
+
+
 class CompositionError(ConfigError, ConfigCompositionException):
     """Hydra could not compose the config; the message is one line naming the key or option."""
 

@@ -61,9 +61,10 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     keep and track its results (and register its model with registry.register=true); returns its metrics."""
     context = context or JobContext.current()
     check_job(job)
+    job = capped(job)
+    RunState.refuse_if_busy(job)  # a twin job is refused at once, before the backend starts (and creates nothing)
     use_backend(job.backend)
     check_buildable(job)
-    job = capped(job)
     from cnnlab.tracking import registry, runs
     from cnnlab.tracking.epochs import log_datasets
     from cnnlab.tracking.store import open_store
@@ -195,7 +196,8 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
     evaluation = evaluate_model(model, data.x_test, data.y_test, data.class_names)
     history = state.history(state.epochs_done())
     progress = state.checkpoint.progress()
-    selection = {**plain(job.selection), "value": progress.best_value, "epoch": progress.best_epoch}
+    kept = None if progress.best_epoch is None else progress.best_epoch + 1  # counted from 1, as Keras' log
+    selection = {**plain(job.selection), "value": progress.best_value, "epoch": kept}
     checkout = context.checkout
     identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id,
                 "mlflow_tracking_uri": job.tracking.uri, "key": state.key,

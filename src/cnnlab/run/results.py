@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,20 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
-    """history.csv: one row per epoch of the whole (possibly resumed) run, with the metrics it has (the
-    journal's placeholders for metrics an epoch did not have, such as validation without a split, left out)."""
+    """history.csv: one row per epoch of the whole (possibly resumed) run, counted from 1 as Keras' log and the
+    plots count, with the metrics it has (the journal's placeholders for metrics an epoch did not have, such as
+    validation without a split, left out)."""
     keys = sorted({key for row in history for key in row})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", *keys], lineterminator="\n")
         writer.writeheader()
-        writer.writerows({"epoch": epoch, **row} for epoch, row in enumerate(history))
+        writer.writerows({"epoch": epoch, **row} for epoch, row in enumerate(history, start=1))
 
 
 def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any], class_names: list[str],
           identity: dict[str, Any], history: list[dict[str, float]], selection: dict[str, Any]) -> Path:
     """Write every file of the run into a fresh staging folder beside its final place; returns the folder.
-    `selection` is the kept epoch's record: metric, direction, its value and (0-based) epoch."""
+    `selection` is the kept epoch's record: metric, direction, its value and epoch (counted from 1)."""
     folder = temporary_beside(run_folder(job.paths, job.project.id, run_id), "staged")
     remove(folder)
     folder.mkdir(parents=True)
@@ -82,6 +84,7 @@ def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any]
         "data": {"name": identity["data"], "source": identity["data_source"], "md5": identity["data_md5"],
                  "sha256": identity["data_sha256"]},
         "epoch_cap": identity["epoch_cap"], "device": identity["device"], "early_stopped": identity["early_stopped"],
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "run.json").write_text(json.dumps({"project": project, **identity}, indent=2) + "\n")

@@ -56,21 +56,36 @@ class RunState:
     def lock_path(folder: Path) -> Path:
         return folder.with_name(folder.name + ".lock")
 
+    @staticmethod
+    def folder_of(job: JobConfig) -> Path:
+        return Path(job.paths.checkpoints) / f"{job.project.id}-{result_key(job)}"
+
+    @classmethod
+    def _busy(cls, job: JobConfig, folder: Path) -> RunBusy:
+        return RunBusy(f"{job.project.id} with these settings is being trained by another process right now (it "
+                       f"holds {cls.lock_path(folder)}); wait for it to finish (running the same command again "
+                       "afterwards finds its result) or change a setting")
+
+    @classmethod
+    def refuse_if_busy(cls, job: JobConfig) -> None:
+        """RunBusy now if another process holds the job's state (nothing is created to find out)."""
+        folder = cls.folder_of(job)
+        if cls.is_claimed(folder):
+            raise cls._busy(job, folder)
+
     @classmethod
     @contextmanager
     def claim(cls, job: JobConfig) -> Iterator[RunState]:
         """The state of the job's run, held by this process alone until the block ends; RunBusy if another
         process holds it."""
-        key = result_key(job)
-        folder = Path(job.paths.checkpoints) / f"{job.project.id}-{key}"
+        folder = cls.folder_of(job)
+        key = folder.name.removeprefix(f"{job.project.id}-")
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cls.lock_path(folder))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise RunBusy(f"{job.project.id} with these settings is being trained by another process right now "
-                          f"(it holds {cls.lock_path(folder)}); wait for it to finish (running the same command "
-                          "again afterwards finds its result) or change a setting") from None
+            raise cls._busy(job, folder) from None
         try:
             remove_partials(folder.parent, folder.name)  # a state folder whose removal was cut short
             yield cls(folder, key)

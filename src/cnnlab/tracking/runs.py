@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from optuna import TrialPruned
 
 from cnnlab.config.schema import TrackingConfig
+from cnnlab.run import faults
 from cnnlab.run.state import RunState
 
 log = logging.getLogger(__name__)
@@ -136,39 +137,51 @@ def job_run(tracking: TrackingConfig, state: RunState, experiment_id: str, name:
         mlflow.set_system_metrics_sampling_interval(float(tracking.system_metrics_interval))
     with _ended_unless_finished() as ending:
         if run_id is None:
-            state.reset()
-            run = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=tracking.system_metrics)
-            state.remember(tracking_uri=tracking.uri, experiment_id=experiment_id, run_id=run.info.run_id)
+            _forget(state)
+            ending.run_id = MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            faults.reach("run_started")
+            state.remember(tracking_uri=tracking.uri, experiment_id=experiment_id, run_id=ending.run_id)
         else:
             log.info("resuming MLflow run %s from %s", run_id, state.folder)
-            run = mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=tracking.system_metrics)
-            if "error" in run.data.tags:
-                MlflowClient().delete_tag(run_id, "error")  # the failure it ended with is over
-        ending.run_id = run.info.run_id
+            ending.run_id = run_id
+        run = mlflow.start_run(run_id=ending.run_id, tags=tags, log_system_metrics=tracking.system_metrics)
+        if "error" in run.data.tags:
+            MlflowClient().delete_tag(ending.run_id, "error")  # the failure it ended with is over
         logged = MlflowClient().get_run(run.info.run_id).data.params
         mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         yield run
-        ending.finished = True
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end(ending.run_id, RunStatus.FINISHED)
+        ending.ended = True
+
+
+def _forget(state: RunState) -> None:
+    """Start the state afresh; a logged model its old run left PENDING (a killed job) is deleted with it."""
+    record = state.record()
+    if record is not None and record.get("model_id"):
+        with suppress(MlflowException):
+            store = MlflowClient()
+            if store.get_logged_model(record["model_id"]).status != LoggedModelStatus.READY:
+                store.delete_logged_model(record["model_id"])
+    state.reset()
 
 
 class _Ending:
     run_id: str | None = None
-    finished: bool = False
+    ended: bool = False  # FINISHED by the block, or FAILED / KILLED by the handler
 
 
 @contextmanager
 def _ended_unless_finished() -> Iterator[_Ending]:
     """Inside: the run's failure is recorded and the run ended FAILED or KILLED, a further SIGINT or SIGTERM
     waiting while that happens; recording is best effort (it can fail: a full artifact store) and the ending is
-    not. An exit hook ends the run KILLED should the process leave without either (registered after MLflow's own,
-    which ends a run FINISHED, it runs first)."""
+    not. An exit hook ends the run KILLED should the process leave without either: registered after MLflow's own
+    exit hook, which would end the active run FINISHED, it runs first and leaves MLflow nothing to end."""
     ending = _Ending()
 
     def at_exit() -> None:
-        if ending.run_id and not ending.finished:
+        if ending.run_id and not ending.ended:
             with suppress(Exception):
-                MlflowClient().set_terminated(ending.run_id, "KILLED")
+                _end(ending.run_id, RunStatus.KILLED)
 
     atexit.register(at_exit)
     try:
@@ -179,12 +192,21 @@ def _ended_unless_finished() -> Iterator[_Ending]:
             if ending.run_id is not None:
                 err.mlflow_run_id = ending.run_id  # tells the sweep handler this failure is already recorded
                 _end_as_failed(ending.run_id, err)
+                ending.ended = True
         finally:
             for sig, handler in held.items():
                 signal.signal(sig, handler)
         raise
-    finally:
-        atexit.unregister(at_exit)
+
+
+def _end(run_id: str, status: int) -> None:
+    """End the run with `status`: through MLflow's active run when it is this one (so nothing is left for MLflow's
+    exit hook to end FINISHED), otherwise in the store."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(RunStatus.to_string(status))
+    else:
+        MlflowClient().set_terminated(run_id, RunStatus.to_string(status))
 
 
 def _signals_held() -> dict[int, Any]:
@@ -212,16 +234,14 @@ def _end_as_failed(run_id: str, err: BaseException) -> None:
             record_failure(run_id, err)
         except Exception as failure:  # noqa: BLE001 - the run must end as what happened even so
             log.warning("could not record the failure of run %s: %s", run_id, failure)
-    try:
-        mlflow.end_run(RunStatus.to_string(status))
-    except Exception:  # noqa: BLE001
-        MlflowClient().set_terminated(run_id, RunStatus.to_string(status))
+    _end(run_id, status)
 
 
 def record_failure(run_id: str, err: BaseException) -> None:
     """Error text as a tag (short) and an artifact (full traceback) of the run."""
     store = MlflowClient()
     store.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+    faults.reach("recording_failure")
     store.log_text(run_id, "".join(traceback.format_exception(err)), "error.txt")
 
 
