@@ -160,7 +160,19 @@ def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Pat
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["project"] == "p01"
-    assert (tmp_path / "runs" / "p01" / run.info.run_id / "model.keras").exists()
+    model = tmp_path / "runs" / "p01" / run.info.run_id / "model.keras"
+    assert model.exists()
+    evaluation = " ".join(["data=tiny", f"paths.data={tiny_data_dir}", f"evaluate.model={model}",
+                           f"hydra.run.dir={tmp_path / 'evaluation'}"])
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "evaluate", "-P", "project=p01",
+                           "-P", f"overrides={evaluation}", "--env-manager", "local", "--experiment-name", "cnnlab"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
+    (evaluated,) = [r for r in runs if r.info.run_id != run.info.run_id]
+    assert evaluated.info.run_name == f"p01 evaluate · {run.info.run_id}", "named, not a random empty run"
+    assert evaluated.info.status == "FINISHED"
+    assert evaluated.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
 def test_an_unsafe_project_id_writes_nothing_outside_the_working_folder(tmp_path: Path, tiny_data_dir: Path) -> None:
@@ -182,3 +194,27 @@ def test_an_unsafe_project_id_writes_nothing_outside_the_working_folder(tmp_path
     outside = [p for p in tmp_path.rglob("*") if p not in (tmp_path / "a", work) and not p.is_relative_to(work)]
     assert outside == []
     assert list((work / "logs" / "train" / "multiruns").glob("*/0__._.._x"))
+
+
+def test_every_sweep_parent_lists_its_jobs_reused_or_continued(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """A sweep run again, and a sweep one of whose values another sweep already trained: each parent run lists all
+    its jobs (tags cnnlab.job.<n>), the runs it reused included, and nothing is trained twice."""
+    def sweep(epochs: str):
+        done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", f"training.epochs={epochs}",
+                       "tracking.system_metrics=false", multirun=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "sweep finished: 2 jobs" in done.stdout + done.stderr
+        parents, children = runs_by_parent(tmp_path)
+        return max(parents, key=lambda r: r.info.start_time), children
+
+    first, _ = sweep("1,2")
+    again, _ = sweep("1,2")
+    other, children = sweep("2,3")
+    assert len(children) == 3, "epochs 1, 2, 3: each trained once"
+    jobs = {parent.info.run_id: {k: v for k, v in parent.data.tags.items() if k.startswith("cnnlab.job.")}
+            for parent in (first, again, other)}
+    assert set(jobs[first.info.run_id].values()) == set(jobs[again.info.run_id].values()), "the rerun lists them"
+    shared = set(jobs[first.info.run_id].values()) & set(jobs[other.info.run_id].values())
+    assert len(shared) == 1 and len(jobs[other.info.run_id]) == 2
+    for parent in (first, again, other):
+        assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] in jobs[parent.info.run_id].values()

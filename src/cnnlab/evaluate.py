@@ -99,7 +99,20 @@ def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
 def task(cfg: DictConfig) -> float:
     context = JobContext.current()
     check_composed(cfg, context.overrides)
-    return reevaluate(to_job(cfg), Path(context.output_dir))["test_accuracy"]
+    job = to_job(cfg)
+    out_dir = Path(context.output_dir)
+    metrics = reevaluate(job, out_dir)
+    if context.launcher_run_id:  # `mlflow run . -e evaluate`: its run holds the evaluation
+        from cnnlab.tracking.runs import log_evaluation
+        from cnnlab.tracking.store import open_store
+
+        open_store(job.tracking)
+        log_evaluation(context.launcher_run_id, f"{job.project.id} evaluate · {Path(metrics['model']).parent.name}",
+                       {"project": job.project.id, "evaluated_model": metrics["model"], "data": job.data.name,
+                        "data_sha256": metrics["data_sha256"]},
+                       {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}, out_dir,
+                       ["metrics.json", "confusion_matrix.png", "confusion.csv"])
+    return metrics["test_accuracy"]
 
 
 def main() -> None:

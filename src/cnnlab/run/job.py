@@ -72,7 +72,7 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     with RunState.claim(job) as state:
         experiment_id = open_store(job.tracking)
         trial = study.job_trial(job, context)
-        done = finished(job, experiment_id, state, trial)
+        done = finished(job, context, experiment_id, state, trial)
         if done is not None:
             return done
         spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
@@ -83,8 +83,9 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
                      "device": device_name(), **study.run_tags(trial)}
         tags = {**base_tags(job, context), **described}
         with runs.job_run(job.tracking, state, experiment_id, run_name(job, state.key, context), tags,
-                          run_params(job)) as run, signals_interrupt():
+                          run_params(job), adopt=context.launcher_run_id) as run, signals_interrupt():
             run_id = run.info.run_id
+            _record_in_sweep(context, run_id)
             study.link_run(trial, run_id)
             log_datasets(run_id, splits(data, job.training.validation_split), spec.prepared_dir / "arrays.npz",
                          spec.name, data.checksum)
@@ -157,7 +158,16 @@ def _failpoints() -> Any:
     return MidEpoch()
 
 
-def finished(job: JobConfig, experiment_id: str, state: RunState, trial: Any | None = None) -> dict[str, Any] | None:
+def _record_in_sweep(context: JobContext, run_id: str) -> None:
+    """A sweep job tells its sweep's parent run which run it is (cnnlab.tracking.sweep)."""
+    if context.sweep_run_id and context.job_num is not None:
+        from cnnlab.tracking.sweep import record_job
+
+        record_job(context.sweep_run_id, context.job_num, run_id)
+
+
+def finished(job: JobConfig, context: JobContext, experiment_id: str, state: RunState,
+             trial: Any | None = None) -> dict[str, Any] | None:
     """With on_finished=skip: the metrics of a run of the same key that finished (evaluated, and with its model
     where the job logs one) and whose files are still here (published again with publish=true, registered with
     registry.register=true, and made the result of a search's trial); its leftover state is cleared. None when
@@ -182,6 +192,7 @@ def finished(job: JobConfig, experiment_id: str, state: RunState, trial: Any | N
     if job.registry.register:  # a job killed before it registered the run does it now
         registry.register(job.tracking.uri, job.project.id, job.selection, run.info.run_id)
     study.link_run(trial, run.info.run_id)
+    _record_in_sweep(context, run.info.run_id)
     return json.loads((folder / "metrics.json").read_text())
 
 

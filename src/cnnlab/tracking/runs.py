@@ -123,13 +123,14 @@ def _resumable(tracking: TrackingConfig, state: RunState, experiment_id: str) ->
 
 @contextmanager
 def job_run(tracking: TrackingConfig, state: RunState, experiment_id: str, name: str, tags: dict[str, str],
-            params: dict[str, str]) -> Iterator[Any]:
+            params: dict[str, str], adopt: str | None = None) -> Iterator[Any]:
     """The job's MLflow run: the state's run continued when it can be, otherwise a new one recorded in the
     state. Its params are the settings (logged once: a resumed run only gets what it lacks); everything else is
     a tag. The run ends FINISHED only when the block completes; otherwise FAILED with the error recorded, or KILLED
     when interrupted (Ctrl-C, SIGTERM, submitit's requeue). A search trial stopped by its pruner ends KILLED with
     the tag `optuna.state` = PRUNED and no error. Whatever happens while the end is recorded (a second Ctrl-C, an
-    artifact store that is full), the run is ended before MLflow's exit hook, which would call it FINISHED."""
+    artifact store that is full), the run is ended before MLflow's exit hook, which would call it FINISHED.
+    `adopt` is a run made for this command by `mlflow run` (MLproject): a new run of the job is that one."""
     end_abandoned_runs(experiment_id)
     run_id = _resumable(tracking, state, experiment_id)
     tags = {**tags, KEY_TAG: state.key, HOST_TAG: HOST, STATE_TAG: str(state.folder.resolve())}
@@ -138,7 +139,11 @@ def job_run(tracking: TrackingConfig, state: RunState, experiment_id: str, name:
     with _ended_unless_finished() as ending:
         if run_id is None:
             _forget(state)
-            ending.run_id = MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            if adopt:
+                ending.run_id = adopt
+                MlflowClient().update_run(adopt, name=name)
+            else:
+                ending.run_id = MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
             faults.reach("run_started")
             state.remember(tracking_uri=tracking.uri, experiment_id=experiment_id, run_id=ending.run_id)
         else:
@@ -269,3 +274,16 @@ def log_results(run_id: str, metrics: dict[str, float], folder: Path, artifacts:
 def set_tags(tags: dict[str, str]) -> None:
     """Tags of the active run."""
     mlflow.set_tags(tags)
+
+
+def log_evaluation(run_id: str, name: str, tags: dict[str, str], metrics: dict[str, float], folder: Path,
+                   artifacts: list[str]) -> None:
+    """A re-evaluation's figures in the run `mlflow run` made for it (else that run would stay empty)."""
+    store = MlflowClient()
+    store.update_run(run_id, name=name)
+    for key, value in tags.items():
+        store.set_tag(run_id, key, value)
+    for key, value in metrics.items():
+        store.log_metric(run_id, key, value)
+    for artifact in artifacts:
+        store.log_artifact(run_id, str(folder / artifact))

@@ -19,6 +19,25 @@ from cnnlab.tracking.runs import HOST, HOST_TAG, PID_TAG, PRUNED_TAG, end_abando
 from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
+JOB_TAG = "cnnlab.job."  # + the job's number: the run the job trained, continued or reused, on the sweep's parent
+
+
+def record_job(parent: str, job_num: int, run_id: str) -> None:
+    """On the sweep's parent run, which run its job `job_num` is: one it trained, one it continued (which keeps its
+    place under an earlier sweep's parent too) or a finished one it reused (which stays under its own parent)."""
+    MlflowClient().set_tag(parent, f"{JOB_TAG}{job_num}", run_id)
+
+
+def jobs_of(parent: str) -> list[Any]:
+    """The runs of a sweep's jobs: those its jobs recorded, and any other run nested under it."""
+    store = MlflowClient()
+    run = store.get_run(parent)
+    nested = store.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    recorded = {value for key, value in run.data.tags.items() if key.startswith(JOB_TAG)}
+    found = {r.info.run_id: r for r in nested}
+    for run_id in recorded - set(found):
+        found[run_id] = store.get_run(run_id)
+    return list(found.values())
 
 
 class SweepFailed(SystemExit):
@@ -94,8 +113,7 @@ class SweepRunCallback(Callback):
             return
         atexit.unregister(_end_unfinished_sweep)
         store = MlflowClient()
-        experiment_id = store.get_run(parent).info.experiment_id
-        children = store.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+        children = jobs_of(parent)
         selection = OmegaConf.to_object(config.selection)
         metric, direction = f"best_{selection.metric.value}", selection.direction.value
         best = best_child(children, metric, direction)
