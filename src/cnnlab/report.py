@@ -4,10 +4,14 @@ Reads what the pipeline published for the projects in params.yaml, `metrics/<pro
 `outputs/<project>/run.json` (the MLflow run), and the MLflow registry (each project's champion), and writes
 `reports/leaderboard.md` (project, cnnlab's and the source's test accuracy in percent, difference, params,
 epochs, epoch cap, train time, the data's checksum, device, MLflow run, champion model; above it which data, cap
-and devices the figures come from) and `reports/leaderboard.png`."""
+and devices the figures come from) and `reports/leaderboard.png`.
+
+`python -m cnnlab.report --progress` prints the table of the projects published so far while the pipeline is
+still training (the others: "in progress"), and writes nothing."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,11 +27,15 @@ from cnnlab.run.checkout import relocated, run_own_code
 UI = "http://127.0.0.1:5000"
 
 
-def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path) -> list[dict[str, Any]]:
+def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path,
+              missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The published figures and run of each project (with `missing_ok`, those published so far)."""
     rows = []
     for project in projects:
         path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
         if not path.exists() or not trained.exists():
+            if missing_ok:
+                continue
             raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
         run = json.loads(trained.read_text())
         rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",
@@ -64,16 +72,24 @@ def provenance(rows: list[dict[str, Any]]) -> str:
     return f"Data: {'; '.join(data)}. {cap[0].upper()}{cap[1:]}. Device: {'; '.join(devices)}."
 
 
+def epochs(row: dict[str, Any]) -> str:
+    """Epochs trained, whether early stopping ended them, and the kept epoch (the selection's best)."""
+    text = str(row.get("epochs", "–")) + (" (early stop)" if row.get("early_stopped") else "")
+    kept = (row.get("selection") or {}).get("epoch")
+    return text if kept is None else f"{text}, kept {kept}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Leaderboard", "",
-        "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure. "
+        "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure, of the weights of "
+        "the kept epoch (the best on validation accuracy). "
         "The champion is the project's registered model version that is best on validation, not on test. "
         f"{provenance(rows)} MLflow links go to the run's tracking server, or for the local store to "
         f"`mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
         "| project | cnnlab % | source % | difference | params | epochs | cap | train s | data sha256 | device "
-        "| MLflow run | champion |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| finished | MLflow run | champion |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours, source = r["test_accuracy"], r.get("reported_accuracy")
@@ -81,9 +97,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         run = r.get("mlflow_run_id", "")
         link = f"[{run[:8]}]({ui(r)}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
         lines.append(f"| {r['project'].upper()} | {_pct(ours)} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
-                     f"{r.get('epochs', '–')} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
-                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {link} | "
-                     f"{_champion(r['project'], r.get('champion'), ui(r))} |")
+                     f"{epochs(r)} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
+                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {(r.get('finished') or '–')[:10]} | "
+                     f"{link} | {_champion(r['project'], r.get('champion'), ui(r))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,10 +120,19 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def main() -> None:
-    run_own_code("cnnlab.report", sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    run_own_code("cnnlab.report", sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--progress", action="store_true", help="print the projects published so far, write nothing")
+    args = parser.parse_args(argv)
     params = read_params()
-    rows = load_rows(params["projects"], Path("metrics"), Path("outputs"))
+    rows = load_rows(params["projects"], Path("metrics"), Path("outputs"), missing_ok=args.progress)
+    if args.progress:
+        done = {r["project"] for r in rows}
+        waiting = [p.upper() for p in params["projects"] if p not in done]
+        print(markdown(rows) + (f"\nIn progress: {', '.join(waiting)}.\n" if waiting else ""))
+        return
     from cnnlab.tracking.registry import champions
 
     versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
