@@ -50,6 +50,14 @@ def folders(workdir: Path, data_dir: Path) -> list[str]:
             f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests are grouped by what they start: unit (nothing, the default), integration (a tiny training in this
+    process), system (processes, servers, a browser); the last two are slow, so `-m "not slow"` is the quick tier."""
+    for item in items:
+        if item.get_closest_marker("integration") or item.get_closest_marker("system"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data folder for the session: the tiny archive is generated and prepared once."""

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT, job_env
 from tests.test_pipeline import git_copy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 WATCHED = ("runs", "checkpoints", "logs", "mlflow.db", "mlruns", "outputs", "composed")
 
 

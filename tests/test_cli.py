@@ -17,7 +17,7 @@ from cnnlab.config.backend import has_nvidia_driver
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import ROOT, job_env, run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def run_cli(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False,

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.test_pipeline import git_copy, sh, stages_run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 PUBLISHED = ["dvc.lock", "metrics/p00.json", "reports/leaderboard.md", "plots/p00/history.csv"]
 
 

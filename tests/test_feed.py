@@ -37,7 +37,7 @@ def test_every_example_once_per_epoch_with_its_label_and_a_new_order_each_epoch(
     np.testing.assert_array_equal(second_x, x[second_y[:, 0].astype(int)])
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_training_on_jax_cuts_batches_on_the_device(tmp_path: Path, tiny_data_dir: Path) -> None:
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[dev]' installs it)")

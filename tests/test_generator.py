@@ -319,7 +319,7 @@ print(json.dumps({"backend": keras.backend.backend(), "jit": bool(model.jit_comp
 """
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_layers_train_in_a_compiled_step_on_jax(tmp_path: Path) -> None:
     """In a process of its own (the backend is chosen per process): the transform equals the reference's
     apply_transform (1e-5) and both layers train inside the jitted step."""
@@ -344,7 +344,7 @@ def test_layers_train_in_a_compiled_step_on_jax(tmp_path: Path) -> None:
 # ---- P11 on tiny data --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_p11_learns_on_tiny_data() -> None:
     """The real P11 (conf/model/p11.yaml, conf/augmentation/p11.yaml) trained 15 epochs on 480 synthetic
     images, with P11's early stopping (validation loss, best weights restored: its validation accuracy swings

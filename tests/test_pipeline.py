@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, answer, free_port, job_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 PROJECTS = [*(f"p{i:02d}" for i in range(12)), "p11_transforms"]  # the seed table, P11 two ways
 ARTIFACTS = ROOT / "test-artifacts"
 

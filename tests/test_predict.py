@@ -46,7 +46,7 @@ def test_a_file_that_is_not_an_image_is_refused_before_the_model(tmp_path: Path)
     assert missing.startswith("cnnlab.predict: gone.png: ") and "No such file" in missing
 
 
-@pytest.mark.slow  # three processes that import MLflow
+@pytest.mark.system  # three processes that import MLflow
 def test_a_model_uri_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
     error = one_line_error(predict(tmp_path, "models:/cnnlab-p11@champion", "cat.png", store=tmp_path / "none.db"))

@@ -44,7 +44,7 @@ def test_register_is_refused_without_a_logged_model(make_cfg) -> None:
         validate(make_cfg(*COMMON, "tracking.log_model=false"))
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_two_trainings_two_versions_champion_on_the_better_one(make_cfg, workdir: Path,
                                                                tiny_data_dir: Path) -> None:
     short = make_cfg(*COMMON, "training.epochs=1")

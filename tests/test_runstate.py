@@ -69,7 +69,7 @@ def assert_one_complete_run(workdir: Path, epochs: int, log_model: bool = True, 
     return run_id
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("point", ["mid_epoch:1", "after_backup:1", "after_fit", "model_logging", "before_publish",
                                    "after_finish"])
 def test_a_kill_at_any_instant_then_the_same_command_finishes_the_one_run(
@@ -83,7 +83,7 @@ def test_a_kill_at_any_instant_then_the_same_command_finishes_the_one_run(
     assert assert_one_complete_run(workdir, epochs=3) == stopped.info.run_id
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_ends_the_run_killed_and_the_rerun_continues_it(
         sig: str, make_cfg, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +102,7 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_and_the_rerun_continues_it(
     assert store(workdir).get_run(run.info.run_id).data.tags["description"] == "changed"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_second_process_with_the_same_settings_is_refused_and_shares_nothing(
         make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
     first = subprocess.Popen(job_command("cnnlab.train", workdir, tiny_data_dir, *JOB), cwd=ROOT, text=True,
@@ -124,7 +124,7 @@ def test_a_second_process_with_the_same_settings_is_refused_and_shares_nothing(
     assert_one_complete_run(workdir, epochs=3)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("change", ["run deleted", "store removed", "another store"])
 def test_a_stale_record_starts_a_new_run_with_a_message(change: str, make_cfg, workdir: Path, tiny_data_dir: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
@@ -159,7 +159,7 @@ def test_a_stale_record_starts_a_new_run_with_a_message(change: str, make_cfg, w
     assert assert_one_complete_run(workdir, epochs=3, store_dir=in_store) != old_run
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_runs_left_running_by_a_dead_sweep_are_ended_killed_and_the_job_still_resumes(
         make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
     killed = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, "tracking.log_model=false", multirun=True,
@@ -176,7 +176,7 @@ def test_runs_left_running_by_a_dead_sweep_are_ended_killed_and_the_job_still_re
     assert resumed.info.status == "FINISHED" and steps(workdir, orphan.info.run_id, "loss") == [0, 1, 2]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_diverging_loss_stops_the_job_with_a_clear_failure(make_cfg, workdir: Path) -> None:
     cfg = make_cfg("project=p00", "training.epochs=5", "training.optimizer.learning_rate=1e30",
                    "tracking.log_model=false")
@@ -188,7 +188,7 @@ def test_a_diverging_loss_stops_the_job_with_a_clear_failure(make_cfg, workdir: 
     assert not (workdir / "runs").exists() and not list((workdir / "checkpoints").glob("p00-*/"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_bad_values_stop_before_data_or_store_and_leave_earlier_results(make_cfg, workdir: Path,
                                                                         tmp_path_factory) -> None:
     first = train(make_cfg("project=p00", "training.epochs=1", "tracking.log_model=false"))
@@ -238,7 +238,7 @@ def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> N
         assert not state.folder.exists()
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("points, status", [
     ("mid_epoch:1@SIGINT,recording_failure@SIGINT", "KILLED"),  # a second Ctrl-C while the first is recorded
     ("mid_epoch:1@SIGTERM,recording_failure@ENOSPC", "KILLED"),  # the artifact store full while recording
@@ -255,7 +255,7 @@ def test_a_stopped_run_ends_killed_whatever_happens_while_it_is_recorded(
     assert assert_one_complete_run(workdir, epochs=3) == run.info.run_id, "continued, each epoch logged once"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_failure_while_a_failure_is_recorded_still_ends_the_run_failed(workdir: Path, tiny_data_dir: Path) -> None:
     diverging = (*JOB[:1], "training.epochs=5", "training.optimizer.learning_rate=1e30", "tracking.log_model=false")
     done = run_job("cnnlab.train", workdir, tiny_data_dir, *diverging,
@@ -266,7 +266,7 @@ def test_a_failure_while_a_failure_is_recorded_still_ends_the_run_failed(workdir
     assert "could not record the failure" in done.stdout + done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ctrl_c_right_after_the_run_started_ends_it_killed(workdir: Path, tiny_data_dir: Path) -> None:
     stopped = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: "run_started@SIGINT"}))
     assert stopped.returncode != 0

@@ -108,7 +108,7 @@ def test_a_job_refuses_to_be_a_trial_without_validation_data(make_cfg) -> None:
         job_trial(make_cfg("project=p00", "optuna_trial=3"), JobContext())
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_search_without_validation_data_is_refused_before_anything_runs(tmp_path: Path,
                                                                          tiny_data_dir: Path) -> None:
     done = run_job("cnnlab.train", tmp_path, tiny_data_dir, "hparams_search=p12_optuna",
@@ -138,7 +138,7 @@ def start_search(workdir: Path, data_dir: Path, conf: Path, **env: str) -> subpr
     return subprocess.CompletedProcess(command, proc.returncode, output.read_text(), "")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_search_prunes_runs_trials_in_parallel_and_continues_to_n_trials_after_a_kill(
         tmp_path: Path, tiny_data_dir: Path) -> None:
     conf = tmp_path / "conf"

@@ -22,7 +22,7 @@ import pytest
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import answer, free_port, job_env, run_job, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def _postgres_bin() -> Path | None:

@@ -24,7 +24,7 @@ from cnnlab.predict import read_image
 from cnnlab.run.job import train
 from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 CHAMPION = "models:/cnnlab-p11@champion"
 
 

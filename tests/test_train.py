@@ -17,7 +17,7 @@ from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.run.job import selected_value, train
 from cnnlab.tracking.runs import EPOCH_METRICS
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
