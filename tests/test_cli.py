@@ -218,3 +218,29 @@ def test_every_sweep_parent_lists_its_jobs_reused_or_continued(tmp_path: Path, t
     assert len(shared) == 1 and len(jobs[other.info.run_id]) == 2
     for parent in (first, again, other):
         assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] in jobs[parent.info.run_id].values()
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["training.device_data=1"], "training.device_data=1 is not allowed: auto, true or false"),
+    (['training.epochs="3"'], "training.epochs='3' is not allowed: an integer (quoted, it is a string)"),
+    (["training.epoch=3"], "training.epoch is not allowed: not a key of training"),
+    (["augmentation=nosuch"], "augmentation='nosuch' is not allowed: one of flip_shift, flip_translate, none"),
+    (["project=../../etc"], "project='../../etc' is not allowed: one of p00, p01"),
+    (["data=tiny", "data.generate.count=0"], "data.generate.count is not allowed: not a key of data.generate"),
+    (["data=tiny", "+data.generate.foo=1"], "data.generate.foo=1 is not allowed: not a key of data.generate"),
+    (["tracking.uri=http://127.0.0.1:9"], "tracking.uri='http://127.0.0.1:9' is not allowed: a tracking server"),
+])
+def test_a_bad_command_line_is_refused_in_one_line_before_anything_starts(overrides: list[str], says: str,
+                                                                          tmp_path: Path) -> None:
+    """Composition errors (Hydra's and the schema's) and values refused before the backend, the data or the
+    store: exit status 2, one line, nothing written (not even Hydra's run folder), and before TensorFlow is
+    imported (here a TensorFlow that cannot be imported stands in for it: an import would change the error)."""
+    work, shadow = tmp_path / "work", tmp_path / "shadow" / "tensorflow"
+    work.mkdir()
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('TensorFlow was imported before the refusal')\n")
+    done = subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides], cwd=work,
+                          env=job_env(PYTHONPATH=str(shadow.parent)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: {says}") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list(work.iterdir()) == [], "nothing written"

@@ -149,7 +149,22 @@ def test_prepared_data_made_with_other_settings_is_rebuilt_not_reused(tmp_path: 
     bigger = DataSpec("tiny", "generated", None, "cifar-10-python.tar.gz", tmp_path,
                       generate={"train_per_batch": 12, "test": 20, "seed": 0})
     assert load(bigger).x_train.shape[0] == 60
+    assert small.prepared_dir != bigger.prepared_dir and small.prepared_dir.parent == bigger.prepared_dir.parent
+    kept = (small.prepared_dir / "arrays.npz").read_bytes()
     assert load(small).x_train.shape[0] == 50, "and back again"
+    assert (small.prepared_dir / "arrays.npz").read_bytes() == kept, "a folder each: nothing rebuilt under a reader"
+
+
+def test_a_run_records_the_checksum_of_the_bytes_it_loaded(archive: Path, tmp_path: Path) -> None:
+    spec = spec_for(archive, file_digest(archive), tmp_path)
+    data = load(spec)
+    assert data.checksum == hashlib.sha256((spec.prepared_dir / "arrays.npz").read_bytes()).hexdigest()
+    arrays = spec.prepared_dir / "arrays.npz"
+    info = json.loads((spec.prepared_dir / "info.json").read_text())
+    from cnnlab.core.data import read_npz
+
+    other = read_npz(arrays, info["class_names"])
+    assert other.checksum == data.checksum and (other.x_train == data.x_train).all()
 
 
 def test_preparing_twice_gives_identical_bytes(archive: Path, tmp_path: Path) -> None:
