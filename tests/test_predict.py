@@ -189,3 +189,14 @@ def test_a_model_uri_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     assert "cnnlab-p99" in error.split(" not found in ")[1]
     error = one_line_error(predict(tmp_path, str(tmp_path / "no-model"), "cat.png", store=store))
     assert error.startswith(f"cnnlab.predict: model '{tmp_path / 'no-model'}' not found")
+
+
+@pytest.mark.slow  # a process that imports MLflow
+def test_a_model_that_is_not_a_keras_model_is_refused_before_a_backend_starts(tmp_path: Path) -> None:
+    """The backend to start is the one the model's keras flavor names; a model without one is one line."""
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
+    (tmp_path / "sklearn").mkdir()
+    (tmp_path / "sklearn" / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n")
+    error = one_line_error(predict(tmp_path, str(tmp_path / "sklearn"), "cat.png", store=tmp_path / "absent.db"))
+    assert error == (f"cnnlab.predict: model '{tmp_path / 'sklearn'}' is not a Keras model "
+                     "(its MLmodel has no keras flavor)")

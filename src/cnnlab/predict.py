@@ -9,7 +9,8 @@ bicubic filter; 16-bit and float images are resized at their own depth, then bro
 untrusted: one claiming more than MAX_PIXELS is refused before a pixel is decoded, a large JPEG is decoded at
 1/2 to 1/8 of its size, and whatever Pillow raises on a broken or hostile file is one line naming the file.
 The images are read before the model, and the model is found before anything heavy is imported, so a bad file
-or URI fails at once with one line."""
+or URI fails at once with one line; the Keras backend the model names is then started quietly (no CUDA probe
+lines on a machine without an NVIDIA driver)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,25 @@ def unreadable(err: Exception) -> str:
     return f"a broken or unsupported image file ({type(err).__name__}: {next(iter(str(err).splitlines()), '')})"
 
 
+def start_backend_of(uri: str, local: str) -> None:
+    """Start the Keras backend the model was saved with (KERAS_BACKEND wins, as in the model's own loader)
+    through cnnlab's quiet start, before MLflow's loader imports Keras: on a machine without an NVIDIA driver
+    TensorFlow's CUDA probe and oneDNN lines would otherwise be printed; a backend not installed here is one
+    line."""
+    from cnnlab.config.backend import use_backend
+    from cnnlab.config.errors import ConfigError
+    from cnnlab.tracking.mlmodel import saved_backend
+
+    try:
+        saved = saved_backend(local)
+    except KeyError:
+        raise PredictError(f"model {uri!r} is not a Keras model (its MLmodel has no keras flavor)") from None
+    try:
+        use_backend(os.environ.get("KERAS_BACKEND") or saved)
+    except ConfigError as err:
+        raise PredictError(f"model {uri!r}: {err}") from None
+
+
 def top_classes(probabilities: np.ndarray, class_names: list[str], top: int = TOP) -> list[tuple[str, float]]:
     order = np.argsort(probabilities)[::-1][:top]
     return [(class_names[i], float(probabilities[i])) for i in order]
@@ -114,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         local = download(args.model)
     except ModelNotFound as err:
         raise PredictError(str(err)) from None
+    start_backend_of(args.model, local)
     model = load_pyfunc(local)
     import keras
 
