@@ -43,12 +43,18 @@ def add_cnnlab(local: str) -> None:
     model.save(os.path.join(local, "MLmodel"))
 
 
+def saved_backend(path: str) -> str:
+    """The Keras backend the model at `path` was saved with, as its MLmodel names it (KeyError: not a Keras
+    model)."""
+    from mlflow.models import Model
+
+    return Model.load(path).flavors["keras"]["keras_backend"]
+
+
 def _load_pyfunc(path: str) -> Any:
     """pyfunc's loader: the backend the model was saved with (unless KERAS_BACKEND says otherwise; it must be
     set before Keras is imported), cnnlab's layers registered, then MLflow's own Keras loader."""
-    from mlflow.models import Model
-
-    os.environ.setdefault("KERAS_BACKEND", Model.load(path).flavors["keras"]["keras_backend"])
+    os.environ.setdefault("KERAS_BACKEND", saved_backend(path))
     import mlflow.keras.load
 
     import cnnlab.core.layers  # noqa: F401  registers cnnlab's layers with Keras
