@@ -166,6 +166,7 @@ def main() -> None:
     from cnnlab.run.job import device_name
 
     print(f"device: {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
+    keras.utils.disable_interactive_logging()  # the training loop's per-epoch lines would bury the table
     if args.time_to_accuracy:
         time_to_accuracy(args.target, args.overrides)
         return

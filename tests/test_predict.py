@@ -191,7 +191,7 @@ def test_a_model_uri_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     assert error.startswith(f"cnnlab.predict: model '{tmp_path / 'no-model'}' not found")
 
 
-@pytest.mark.slow  # a process that imports MLflow
+@pytest.mark.system  # a process that imports MLflow
 def test_a_model_that_is_not_a_keras_model_is_refused_before_a_backend_starts(tmp_path: Path) -> None:
     """The backend to start is the one the model's keras flavor names; a model without one is one line."""
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
