@@ -238,9 +238,15 @@ def test_the_backend_is_a_param_that_retrains_every_project(repo: Path) -> None:
 
 
 def test_editing_one_model_retrains_exactly_that_project(repo: Path) -> None:
+    """In this copy of the checkout, with this checkout's environment (its editable install points here): the
+    copy's config is trained and nothing of this checkout is written (cnnlab.run.checkout)."""
+    from tests.test_checkout import listing
+
     model = repo / "conf" / "model" / "p05.yaml"
     model.write_text(model.read_text().replace("{type: Dense, units: 32,", "{type: Dense, units: 48,"))
+    before = listing(ROOT)
     done = sh(repo, "dvc", "repro")
+    assert listing(ROOT) == before
     assert stages_run(done.stdout) == {"compose", "train@p05", "report"}
     assert "| P05 | " in (repo / "reports" / "leaderboard.md").read_text()
     assert json.loads((repo / "metrics" / "p05.json").read_text())["params"] != 171_458

@@ -70,8 +70,8 @@ def assert_one_complete_run(workdir: Path, epochs: int, log_model: bool = True, 
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("point", ["mid_epoch:1", "after_backup:1", "after_fit", "model_logging", "before_publish",
-                                   "after_finish"])
+@pytest.mark.parametrize("point", ["mid_epoch:0", "after_backup:0", "mid_epoch:1", "after_backup:1", "after_fit",
+                                   "model_logging", "before_publish", "after_finish"])
 def test_a_kill_at_any_instant_then_the_same_command_finishes_the_one_run(
         point: str, make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
     killed = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB, env=job_env(**{FAILPOINT: point}))
@@ -282,3 +282,14 @@ def test_ctrl_c_right_after_the_run_started_ends_it_killed(workdir: Path, tiny_d
 def finished_runs_reused(workdir: Path) -> bool:
     """Whether a FINISHED run lacks its test evaluation (what on_finished=skip would wrongly reuse)."""
     return any(r.info.status == "FINISHED" and "test_accuracy" not in r.data.metrics for r in runs(workdir))
+
+
+@pytest.mark.integration
+def test_a_finished_run_without_a_model_is_not_reused_by_a_job_that_needs_one(make_cfg, workdir: Path) -> None:
+    first = train(make_cfg("project=p00", "training.epochs=1", "tracking.log_model=false"))
+    second = train(make_cfg("project=p00", "training.epochs=1"))  # the same key: log_model is no setting
+    finished = [r for r in runs(workdir) if r.info.status == "FINISHED"]
+    assert len(finished) == 2, "trained again, with its model, instead of reusing a run that has none"
+    assert [len(r.outputs.model_outputs) for r in finished] == [0, 1]
+    assert second["test_accuracy"] == pytest.approx(first["test_accuracy"]), "the same key computes the same thing"
+    assert train(make_cfg("project=p00", "training.epochs=1")) == second, "and that one is reused"
