@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import answer, free_port, job_env, run_job, wait_for
@@ -104,8 +105,6 @@ def on_server(url: str, workdir: Path, data_dir: Path, *overrides: str, multirun
 
 
 def runs_of(url: str, experiment: str):
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(url)
     return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
@@ -211,17 +210,12 @@ register(url, project, SelectionConfig(), run_id)
 """
 
 
-@pytest.mark.parametrize("repeat", range(3))
-def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, repeat: int) -> None:
-    """Four processes register four finished runs of one project at the same instant (released together once all
-    are ready): whatever order their decisions land in, `champion` ends on the run best on validation."""
+def _finished_runs(client: MlflowClient, experiment_name: str, values: list[float]) -> list[str]:
+    """FINISHED runs with a READY logged model each and these `best_val_accuracy` values (what a training job
+    leaves for registration)."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(server)
-    experiment = client.create_experiment(f"champion-race-{repeat}-{os.getpid()}")
-    values = list(np.random.default_rng(repeat).permutation([0.61, 0.74, 0.52, 0.69]))
-    project = f"race{repeat}x{os.getpid()}"
+    experiment = client.create_experiment(experiment_name)
     run_ids = []
     for value in values:
         run = client.create_run(experiment)
@@ -231,6 +225,17 @@ def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, 
         client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=0)])
         client.set_terminated(run.info.run_id, "FINISHED")
         run_ids.append(run.info.run_id)
+    return run_ids
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, repeat: int) -> None:
+    """Four processes register four finished runs of one project at the same instant (released together once all
+    are ready): whatever order their decisions land in, `champion` ends on the run best on validation."""
+    client = MlflowClient(server)
+    values = list(np.random.default_rng(repeat).permutation([0.61, 0.74, 0.52, 0.69]))
+    project = f"race{repeat}x{os.getpid()}"
+    run_ids = _finished_runs(client, f"champion-race-{repeat}-{os.getpid()}", values)
     jobs = [subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for run_id in run_ids]
@@ -245,3 +250,39 @@ def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, 
     assert len(versions) == 4
     champion = client.get_model_version_by_alias(f"cnnlab-{project}", "champion")
     assert champion.run_id == run_ids[values.index(max(values))]
+
+
+def test_a_champion_written_late_from_a_stale_read_is_corrected_by_its_writer(server: str) -> None:
+    """The interleaving a race may produce, chosen: job A chooses the champion among the versions it sees (its
+    own, worse) and is frozen before writing the alias (failpoint `crowning`); job B registers a better run and
+    crowns it; A then writes its stale choice. A reads the alias back against all versions and moves it to B's."""
+    client = MlflowClient(server)
+    project = f"stale{os.getpid()}"
+    worse, better = _finished_runs(client, f"champion-stale-{os.getpid()}", [0.52, 0.74])
+
+    def start(run_id: str, **env: str) -> subprocess.Popen[str]:
+        job = subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(**env),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
+        job.stdin.write("go\n")
+        job.stdin.flush()
+        return job
+
+    a = start(worse, **{FAILPOINT: "crowning@SIGSTOP"})
+    _, status = os.waitpid(a.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), a.stderr.read()[-3000:]
+    b = start(better)
+    assert b.wait(timeout=300) == 0, b.stderr.read()[-3000:]
+    assert client.get_model_version_by_alias(f"cnnlab-{project}", "champion").run_id == better
+    stops = 0
+    while True:  # A stops at every alias write it decides on: the stale one, then the correction
+        os.kill(a.pid, signal.SIGCONT)
+        _, status = os.waitpid(a.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            a.returncode = os.waitstatus_to_exitcode(status)
+            break
+        stops += 1
+        assert stops < 5, "A keeps deciding to write"
+    assert a.returncode == 0, a.stderr.read()[-3000:]
+    assert stops == 1, "A wrote its stale choice, read it back and wrote B's version once"
+    assert client.get_model_version_by_alias(f"cnnlab-{project}", "champion").run_id == better

@@ -6,14 +6,16 @@ with). Test figures never decide.
 Exactly once: a run's version is looked up (by run id) before one is created, so a job killed after
 registering and run again finds its version instead of adding another; the caller holds the run's state
 lock, so no two processes register the same run. Right beside other runs of the same project on any store:
-after its version exists, every registering job recomputes the champion from all versions' recorded values
-and points the alias at the best, so whichever job decides last leaves the right answer (on a local sqlite store
-the decisions are also made one at a time, under a file lock beside the store). A registered model created by
+after its version exists, every registering job recomputes the champion from all versions' recorded values,
+points the alias at the best and reads it back until it stands (see `crown`), so the alias ends on the best
+whatever order the jobs' decisions land in (on a local sqlite store the decisions are also made one at a time,
+under a file lock beside the store). A registered model created by
 another process at the same instant is taken as it is ("already exists")."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +30,7 @@ from cnnlab.run import faults
 from cnnlab.tracking.store import sqlite_file
 
 CHAMPION = "champion"
+CROWN_ATTEMPTS = 10
 log = logging.getLogger(__name__)
 
 
@@ -106,19 +109,36 @@ def register(tracking_uri: str, project: str, selection: SelectionConfig, run_id
 
 
 def crown(client: MlflowClient, name: str, metric: str, direction: Direction) -> ModelVersion | None:
-    """Point `champion` at the best of all of `name`'s versions (see `best_version`); returns the champion."""
-    best = best_version(client, client.search_model_versions(f"name = '{name}'"), metric, direction)
-    if best is None:
-        return None
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
-        current = None
-    if current != best.version:
-        client.set_registered_model_alias(name, CHAMPION, best.version)
+    """Point `champion` at the best of all of `name`'s versions (see `best_version`); returns the champion.
+
+    Every write is checked by reading again: on a server another job may move the alias between this job's read
+    and its write (and MLflow writes an alias by check-then-insert, so two first writes at once fail one with a
+    unique-key error). The job that writes last sees whether its write stands against all versions, so the alias
+    ends on the best whatever order the jobs' reads and writes land in."""
+    for attempt in range(1, CROWN_ATTEMPTS + 1):
+        best = best_version(client, client.search_model_versions(f"name = '{name}'"), metric, direction)
+        if best is None:
+            return None
+        try:
+            current = client.get_model_version_by_alias(name, CHAMPION).version
+        except MlflowException:
+            current = None
+        if current == best.version:
+            return best
+        faults.reach("crowning")
+        try:
+            client.set_registered_model_alias(name, CHAMPION, best.version)
+        except MlflowException as err:
+            if attempt == CROWN_ATTEMPTS:
+                raise
+            log.info("%s@%s was set by another job at the same instant (%s); reading it again", name, CHAMPION,
+                     err.message.splitlines()[0])
+            time.sleep(0.2 * attempt)
+            continue
         log.info("%s@%s is now version %s (best_%s %s; was version %s)", name, CHAMPION, best.version, metric,
                  score(client, best, metric), current)
-    return best
+    raise RuntimeError(f"{name}@{CHAMPION} was still being moved by other jobs after {CROWN_ATTEMPTS} attempts; "
+                       "register again to settle it")
 
 
 def champions(tracking_uri: str, projects: list[str]) -> dict[str, str]:
