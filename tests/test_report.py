@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from cnnlab.report import markdown
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnlab.report import load_rows, markdown
 
 
 def row(project: str, uri: str) -> dict:
@@ -22,3 +27,23 @@ def test_rows_name_data_cap_device_in_percent_and_link_their_tracking_server() -
     assert "| 2-core CPU (no GPU) | 2026-12-01 |" in text
     assert "(http://mlflow.example.org:5000/#/experiments/1/runs/abcdef0123)" in text
     assert "(http://127.0.0.1:5000/#/experiments/1/runs/abcdef0123)" in text
+
+
+def test_progress_shows_committed_figures_without_their_run_folder_and_the_report_refuses(tmp_path: Path) -> None:
+    """A clone has the committed metrics/ but not outputs/ (DVC's): `--progress` shows those projects (no run
+    link), leaves out the unpublished one; the report itself needs every run folder."""
+    metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
+    metrics.mkdir()
+    (outputs / "p00").mkdir(parents=True)
+    for project in ("p00", "p01"):
+        figures = {k: v for k, v in row(project, "sqlite:///mlflow.db").items()
+                   if not k.startswith("mlflow_") and k != "project"}
+        (metrics / f"{project}.json").write_text(json.dumps(figures))
+    (outputs / "p00" / "run.json").write_text(json.dumps({"mlflow_run_id": "abcdef0123", "mlflow_experiment_id": "1"}))
+    rows = load_rows(["p00", "p01", "p02"], metrics, outputs, missing_ok=True)
+    assert [r["project"] for r in rows] == ["p00", "p01"]
+    text = markdown(rows)
+    assert "/#/experiments/1/runs/abcdef0123)" in text
+    assert "| P01 | 65.12 | 62.10 |" in text and text.count("runs/abcdef0123") == 1
+    with pytest.raises(SystemExit, match="p01/run.json is missing"):
+        load_rows(["p00", "p01"], metrics, outputs)

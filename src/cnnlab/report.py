@@ -29,15 +29,17 @@ UI = "http://127.0.0.1:5000"
 
 def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path,
               missing_ok: bool = False) -> list[dict[str, Any]]:
-    """The published figures and run of each project (with `missing_ok`, those published so far)."""
+    """The published figures and run of each project. With `missing_ok`, those published so far, and a project
+    whose figures are committed but whose run folder is not here (a clone: outputs/ is DVC's, not git's) is shown
+    without its run's link."""
     rows = []
     for project in projects:
         path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
-        if not path.exists() or not trained.exists():
+        if not path.exists() or not (trained.exists() or missing_ok):
             if missing_ok:
                 continue
             raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
-        run = json.loads(trained.read_text())
+        run = json.loads(trained.read_text()) if trained.exists() else {}
         rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",
                                                                      "mlflow_tracking_uri")},
                      **json.loads(path.read_text())})
