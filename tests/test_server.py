@@ -210,6 +210,20 @@ register(url, project, SelectionConfig(), run_id)
 """
 
 
+def _ready_to_register(server: str, project: str, run_id: str, **env: str) -> subprocess.Popen[str]:
+    """A process that registers the run once told to go (see `_go`), started and ready."""
+    job = subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(**env),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
+    return job
+
+
+def _go(job: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    job.stdin.write("go\n")
+    job.stdin.flush()
+    return job
+
+
 def _finished_runs(client: MlflowClient, experiment_name: str, values: list[float]) -> list[str]:
     """FINISHED runs with a READY logged model each and these `best_val_accuracy` values (what a training job
     leaves for registration)."""
@@ -236,14 +250,9 @@ def test_four_registrations_at_once_leave_the_champion_on_the_best(server: str, 
     values = list(np.random.default_rng(repeat).permutation([0.61, 0.74, 0.52, 0.69]))
     project = f"race{repeat}x{os.getpid()}"
     run_ids = _finished_runs(client, f"champion-race-{repeat}-{os.getpid()}", values)
-    jobs = [subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(),
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for run_id in run_ids]
+    jobs = [_ready_to_register(server, project, run_id) for run_id in run_ids]
     for job in jobs:
-        assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
-    for job in jobs:
-        job.stdin.write("go\n")
-        job.stdin.flush()
+        _go(job)
     for job in jobs:
         assert job.wait(timeout=300) == 0, job.stderr.read()[-3000:]
     versions = client.search_model_versions(f"name = 'cnnlab-{project}'")
@@ -260,18 +269,10 @@ def test_a_champion_written_late_from_a_stale_read_is_corrected_by_its_writer(se
     project = f"stale{os.getpid()}"
     worse, better = _finished_runs(client, f"champion-stale-{os.getpid()}", [0.52, 0.74])
 
-    def start(run_id: str, **env: str) -> subprocess.Popen[str]:
-        job = subprocess.Popen([sys.executable, "-c", REGISTER, server, project, run_id], env=job_env(**env),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
-        job.stdin.write("go\n")
-        job.stdin.flush()
-        return job
-
-    a = start(worse, **{FAILPOINT: "crowning@SIGSTOP"})
+    a = _go(_ready_to_register(server, project, worse, **{FAILPOINT: "crowning@SIGSTOP"}))
     _, status = os.waitpid(a.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), a.stderr.read()[-3000:]
-    b = start(better)
+    b = _go(_ready_to_register(server, project, better))
     assert b.wait(timeout=300) == 0, b.stderr.read()[-3000:]
     assert client.get_model_version_by_alias(f"cnnlab-{project}", "champion").run_id == better
     stops = 0

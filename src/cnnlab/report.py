@@ -35,9 +35,9 @@ def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path,
     rows = []
     for project in projects:
         path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
-        if not path.exists() or not (trained.exists() or missing_ok):
-            if missing_ok:
-                continue
+        if missing_ok and not path.exists():
+            continue
+        if not missing_ok and not (path.exists() and trained.exists()):
             raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
         run = json.loads(trained.read_text()) if trained.exists() else {}
         rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",

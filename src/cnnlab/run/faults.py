@@ -8,10 +8,10 @@ batch of 0-based epoch e), `after_backup:<e>` (epoch e kept, its metrics not yet
 `model_logging` (the model's files uploaded, the model not yet finalised), `before_publish` (everything logged,
 the run's folder not yet in place), `after_finish` (the MLflow run ended, its state not yet cleared),
 `registered` (the run's model version created, the champion alias not yet decided), `crowning` (the champion
-chosen, the alias not yet written), `run_started` (the MLflow
-run created, not yet recorded in the state), `recording_failure` (a stopped or failed run's error being
-recorded, before its traceback is uploaded). In the search sweeper (hydra_plugins/cnnlab_optuna):
-`search_told:<n>` (Optuna trial n has been told its outcome). Unset, every point is a no-op."""
+chosen, the alias not yet written), `run_started` (the MLflow run created, not yet recorded in the state),
+`recording_failure` (a stopped or failed run's error being recorded, before its traceback is uploaded). In the
+search sweeper (hydra_plugins/cnnlab_optuna): `search_told:<n>` (Optuna trial n has been told its outcome).
+Unset, every point is a no-op."""
 
 from __future__ import annotations
 
