@@ -4,12 +4,15 @@
 # virtual environment, at low priority, its log in .wt/reference/logs/reference.log. Run it again after a kill, a
 # reboot or a new session: it makes what is missing and continues (the pipeline resumes every interrupted run).
 #
-#   bash bench/reference_run.sh /path/to/cifar-10-python.tar.gz <md5> "JPEG copy" [commit]
+#   bash bench/reference_run.sh /path/to/cifar-10-python.tar.gz <md5> "JPEG copy" [commit [stage ...]]
 #
-# The commit defaults to the worktree's own (or HEAD when there is none yet). Moving it to a later commit keeps
-# every finished and interrupted run as long as src/cnnlab/core and the composed settings are unchanged.
+# The commit defaults to the worktree's own (or HEAD when there is none yet; "" keeps that default). Moving it to
+# a later commit keeps every finished and interrupted run as long as src/cnnlab/core and the composed settings are
+# unchanged. Stages (e.g. train@p08 train@p09) make only those and what they depend on, in that order: a machine
+# that does not keep .wt/ between sessions trains the table a session-sized part at a time.
 set -euo pipefail
 archive=${1:?the CIFAR-10 archive}; md5=${2:?its md5}; label=${3:-}; commit=${4:-}
+stages=("${@:5}")
 root=$(git rev-parse --show-toplevel)
 tree="$root/.wt/reference"
 if [ ! -d "$tree" ]; then
@@ -35,8 +38,14 @@ echo "=== $(date -u +%FT%TZ) start at $(git rev-parse --short HEAD)" >> logs/ref
 (
   export PATH="$tree/.venv/bin:$PATH" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
   rc=0
-  nice -n 19 dvc repro >> logs/reference.log 2>&1 || rc=$?
-  echo "=== $(date -u +%FT%TZ) dvc repro exited $rc" >> logs/reference.log
+  if ((${#stages[@]})); then
+    for stage in "${stages[@]}"; do
+      nice -n 19 dvc repro "$stage" >> logs/reference.log 2>&1 || { rc=$?; break; }
+    done
+  else
+    nice -n 19 dvc repro >> logs/reference.log 2>&1 || rc=$?
+  fi
+  echo "=== $(date -u +%FT%TZ) dvc repro ${stages[*]} exited $rc" >> logs/reference.log
 ) < /dev/null > /dev/null 2>&1 &
 disown
 echo "training in the background: tail -f $tree/logs/reference.log"
