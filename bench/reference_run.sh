@@ -13,6 +13,7 @@
 set -euo pipefail
 archive=${1:?the CIFAR-10 archive}; md5=${2:?its md5}; label=${3:-}; commit=${4:-}
 stages=("${@:5}")
+archive=$(realpath -e "$archive")  # before the cd below: a relative path names a file here
 root=$(git rev-parse --show-toplevel)
 tree="$root/.wt/reference"
 if [ ! -d "$tree" ]; then
@@ -30,7 +31,7 @@ mkdir -p conf/local logs
 cat > conf/local/default.yaml <<EOF
 # @package _global_
 mirror:
-  source: $(realpath "$archive")
+  source: $archive
   md5: $md5
   label: ${label:-null}
 EOF
