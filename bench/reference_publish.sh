@@ -10,7 +10,7 @@ tree="$root/.wt/reference"
 shopt -s nullglob
 for metrics in "$tree"/metrics/*.json; do
   project=$(basename "$metrics" .json)
-  ! cmp -s "$metrics" "$root/metrics/$project.json" || continue
+  if cmp -s "$metrics" "$root/metrics/$project.json"; then continue; fi
   [ -d "$tree/plots/$project" ] || { echo "no plots/$project beside its metrics in $tree" >&2; exit 1; }
   mkdir -p "$root/plots/$project"
   cp "$tree/plots/$project"/* "$root/plots/$project/"
