@@ -15,21 +15,16 @@ Keras is imported inside the functions: the backend must be chosen first (cnnlab
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from cnnlab.config.schema import AugmentationConfig, Direction, ModelConfig, SelectionConfig, TrainingConfig
 from cnnlab.core.data import Dataset, one_hot, splits
 
-BACKUP = re.compile(r"epoch-(\d+)\.weights\.h5")
 SEED_STATE = "seed_generator_state"
 
 
@@ -47,6 +42,17 @@ class Progress:
     early_stopping: dict[str, Any] = field(default_factory=dict)  # keras EarlyStopping's wait, best, ...
     seeds: list[list[int]] = field(default_factory=list)  # every random generator's state, in model order
     stopped: bool = False  # early stopping ended the training
+
+
+class Checkpoint(Protocol):
+    """Where a training keeps its state after every epoch (cnnlab.run.checkpoint writes it): `train` restores from
+    it, saves to it after each epoch and loads the kept epoch's weights from it at the end."""
+
+    def restore(self, model: Any) -> Progress: ...
+
+    def save(self, model: Any, progress: Progress) -> None: ...
+
+    def load(self, model: Any, epochs: int) -> None: ...
 
 
 def build(model: ModelConfig, augmentation: AugmentationConfig, training: TrainingConfig,
@@ -160,63 +166,3 @@ def restore_seeds(model: Any, states: list[list[int]]) -> None:
         raise ValueError(f"the checkpoint has {len(states)} random generator states, the model {len(variables)}")
     for variable, state in zip(variables, states, strict=True):
         variable.assign(np.asarray(state, dtype=variable.dtype))
-
-
-class Checkpoint:
-    """A training's state after its epochs, in a folder only its own job writes: per epoch n,
-    `epoch-<n>.json` (the Progress) and `epoch-<n>.weights.h5` (weights and optimizer state), each written under a
-    temporary name and renamed, the weights last: an epoch counts once its weights file is there. The newest epoch
-    and the best epoch by the selection metric are kept; older files are removed."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def _weights(self, epochs: int) -> Path:
-        return self.folder / f"epoch-{epochs:04d}.weights.h5"
-
-    def _progress(self, epochs: int) -> Path:
-        return self.folder / f"epoch-{epochs:04d}.json"
-
-    def latest(self) -> int:
-        """Epochs whose state is complete: the newest epoch with both files (0 when there is none)."""
-        found = [int(m.group(1)) for p in self.folder.glob("epoch-*.weights.h5") if (m := BACKUP.fullmatch(p.name))]
-        return max((n for n in found if self._progress(n).exists()), default=0)
-
-    def progress(self) -> Progress:
-        done = self.latest()
-        return Progress() if not done else Progress(**json.loads(self._progress(done).read_text()))
-
-    def restore(self, model: Any) -> Progress:
-        """Load the newest epoch's state into the compiled `model`; returns its progress (epoch 0: a fresh one)."""
-        for partial in self.folder.glob(".epoch-*.partial.*"):
-            partial.unlink()  # what a killed save left
-        progress = self.progress()
-        if progress.epochs:
-            self.load(model, progress.epochs)
-            restore_seeds(model, progress.seeds)
-        return progress
-
-    def load(self, model: Any, epochs: int) -> None:
-        """The weights (and optimizer state) saved after `epochs` epochs."""
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(self._weights(epochs))
-
-    def save(self, model: Any, progress: Progress) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        n = progress.epochs
-        _write_atomic(self._progress(n), lambda p: p.write_text(json.dumps(asdict(progress)) + "\n"))
-        _write_atomic(self._weights(n), lambda p: model.save_weights(p))
-        keep = {n} | ({progress.best_epoch + 1} if progress.best_epoch is not None else set())
-        for path in self.folder.glob("epoch-*"):
-            number = re.match(r"epoch-(\d+)\.", path.name)
-            if number and int(number.group(1)) not in keep:
-                path.unlink()
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a file under a temporary name beside `path` (`.epoch-0001.partial.json`: Keras wants weights files
-    to end in .weights.h5), then rename it: readers see all of it or nothing."""
-    partial = path.with_name("." + path.name.replace(".", ".partial.", 1))
-    write(partial)
-    os.replace(partial, path)

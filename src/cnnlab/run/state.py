@@ -5,7 +5,7 @@
 
 - `run.json`: the MLflow store, experiment and run (and logged model) this state belongs to;
 - `history.csv`: each finished epoch's metrics, written by Keras' CSVLogger: the run's journal;
-- `backup/`: the training's checkpoint after its last epoch (cnnlab.core.loop.Checkpoint: weights, optimizer,
+- `backup/`: the training's checkpoint after its last epoch (cnnlab.run.checkpoint.Checkpoint: weights, optimizer,
   random generators, early stopping, the best epoch and its weights), each file written whole, then renamed;
 - `trained.keras`: the model once training has ended, so a job killed after training does not train again.
 
@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from cnnlab.config.schema import JobConfig
 from cnnlab.config.settings import result_key
-from cnnlab.core.loop import Checkpoint
+from cnnlab.run.checkpoint import Checkpoint
 from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside
 
 log = logging.getLogger(__name__)
