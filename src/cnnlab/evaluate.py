@@ -73,7 +73,7 @@ def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
     use_backend(job.backend)
     import keras
 
-    import cnnlab.core.layers  # noqa: F401  (registers custom layers for loading)
+    import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
     from cnnlab.core.evaluation import evaluate_model
     from cnnlab.run.data import DataSpec, load
     from cnnlab.run.results import write_confusion

@@ -15,8 +15,9 @@ from typing import Any
 
 from cnnlab.config.backend import use_backend
 from cnnlab.config.checks import check_buildable, check_job
+from cnnlab.config.machine import describe as describe_machine
 from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import capped, plain
+from cnnlab.config.settings import capped, plain, platform_of
 from cnnlab.core.data import Dataset, splits
 from cnnlab.run import faults, results
 from cnnlab.run.context import JobContext
@@ -62,7 +63,8 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     check_job(job)
     job = capped(job)
     RunState.refuse_if_busy(job)  # a twin job is refused at once, before the backend starts (and creates nothing)
-    use_backend(job.backend)
+    platform = platform_of(job)
+    use_backend(job.backend, platform)
     check_buildable(job)
     from cnnlab.tracking import registry, runs
     from cnnlab.tracking.epochs import log_datasets
@@ -79,7 +81,8 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         md5 = spec.md5 or "-"
         described = {"data": job.data.name, "data_source": data_source(job), "data_md5": md5,
                      "data_sha256": data.checksum, "epoch_cap": str(job.max_epochs or "none"),
-                     "device": device_name(), **study.run_tags(trial)}
+                     "device": device_name(), "machine": describe_machine(platform),
+                     "cnnlab.platform": json.dumps(platform, sort_keys=True), **study.run_tags(trial)}
         tags = {**base_tags(job, context), **described}
         with runs.job_run(job.tracking, state, experiment_id, run_name(job, state.key, context), tags,
                           run_params(job), adopt=context.launcher_run_id) as run, signals_interrupt():
@@ -211,7 +214,8 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
     checkout = context.checkout
     identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id,
                 "mlflow_tracking_uri": job.tracking.uri, "key": state.key,
-                **{key: described[key] for key in ("device", "data", "data_source", "data_md5", "data_sha256")},
+                **{key: described[key] for key in ("device", "machine", "data", "data_source", "data_md5",
+                                                      "data_sha256")},
                 "epoch_cap": job.max_epochs or None, "params": model.get_layer(job.model.name).count_params(),
                 "early_stopped": progress.stopped,
                 "checkout": None if checkout is None else {"path": checkout.path, "commit": checkout.commit,
