@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Copies the reference run's finished projects (README, "Reference results") from its worktree (.wt/reference)
-# into this work tree, to be committed with their README rows: metrics/<project>.json and plots/<project>/.
+# Copies the reference run's finished projects (docs/results.md) from its worktree (.wt/reference)
+# into this work tree, to be committed with their rows in docs/results.md: metrics/<project>.json and plots/<project>/.
 # A project's metrics file is the last thing its train stage publishes, so a project without one (training, or
 # interrupted) is left out, and nothing half-made is copied; one whose metrics are already here (the worktree's
 # checkout holds the committed ones) too. Prints the projects it copied.

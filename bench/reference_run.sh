@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference table's long run (README, "Reference results"): `dvc repro` of the committed params.yaml on a
+# The reference table's long run (docs/results.md): `dvc repro` of the committed params.yaml on a
 # CIFAR-10 copy, in a worktree of this repository pinned at one commit (.wt/reference, git-ignored) with its own
 # virtual environment, at low priority, its log in .wt/reference/logs/reference.log. Run it again after a kill, a
 # reboot or a new session: it makes what is missing and continues (the pipeline resumes every interrupted run).

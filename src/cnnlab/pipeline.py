@@ -5,7 +5,7 @@ settings come from the Hydra tree (conf/). `compose` writes, per project, exactl
 (cnnlab.config.settings.settings) to `composed/<project>.yaml`: the train stage depends on that file and trains from it
 and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
 so editing a description retrains nothing and editing a model retrains that project. `train` is the same
-`cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
+`cnnlab.run.job.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
 metrics/), `registry.register=true` (its model becomes a version of `cnnlab-<project>`, the champion if it is
 the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already
 finished, and registers it if the kill came first). In a queued experiment's temporary copy of the repository,
