@@ -25,4 +25,4 @@ def test_the_site_builds_strictly_without_a_warning(tmp_path: Path) -> None:
     # the results page shows the learning curves as pictures, served from the site
     results = (site / "results" / "index.html").read_text()
     assert results.count('<img alt="P') >= 13
-    assert (site / "_repo" / "plots" / "p09" / "learning_curves.png").is_file()
+    assert (site / "_repo" / "plots" / "s42" / "p09" / "learning_curves.png").is_file()

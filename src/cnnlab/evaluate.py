@@ -1,6 +1,6 @@
 """`python -m cnnlab.evaluate project=p04 [evaluate.model=<model.keras>]`: re-evaluate a saved model without
-training (by default the pipeline's `outputs/p04/model.keras`) and write its figures into the job's own folder
-(`logs/evaluate/runs/<time>_p04/`)."""
+training (by default the pipeline's `outputs/s42/p04/model.keras`: seed 42, or training.seed=<seed>) and write its
+figures into the job's own folder (`logs/evaluate/runs/<time>_p04/`)."""
 
 from __future__ import annotations
 
@@ -58,13 +58,14 @@ def check_fits(model: Any, model_path: Path, image_shape: tuple[int, ...], class
 
 
 def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
-    """Evaluate a saved model (evaluate.model, by default the pipeline's `outputs/<project>/model.keras`) on the
+    """Evaluate a saved model (evaluate.model, by default the pipeline's `outputs/s<seed>/<project>/model.keras`) on the
     configured test set without training, after checking that it was trained on the same data (its run.json)
     and fits it; writes metrics.json, confusion_matrix.png and confusion.csv into `out_dir` and touches nothing
     else (no MLflow run, nothing published)."""
     check_id("project.id", job.project.id)
     project = job.project.id
-    model_path = Path(job.evaluate.model or Path(job.paths.outputs) / project / "model.keras")
+    default = Path(job.paths.outputs) / f"s{job.training.seed}" / project / "model.keras"  # as the pipeline publishes
+    model_path = Path(job.evaluate.model or default)
     if not model_path.is_file():
         raise FileNotFoundError(f"no trained model for project {project!r} at {model_path}; run the pipeline "
                                 f"(dvc repro) or give one: evaluate.model=runs/{project}/<run id>/model.keras")

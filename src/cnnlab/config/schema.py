@@ -184,6 +184,7 @@ class ProjectConfig:
     id: str = MISSING
     reported_accuracy: float | None = None
     description: str = ""
+    follows: str | None = None  # the project this one changes (the report's step table); describes, decides nothing
 
 
 @dataclass
