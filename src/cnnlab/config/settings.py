@@ -151,3 +151,14 @@ def result_key(job: JobConfig) -> str:
                        "platform": platform_of(job)}, sort_keys=True)
     code = installed_code().digest(strings(chosen))
     return hashlib.sha256((text + code).encode()).hexdigest()[:16]
+
+
+def group_key(job: JobConfig) -> str:
+    """A short hash of what decides the model but the seed, with the versions and the code the job runs: the runs
+    of one project's seeds share it (tag `cnnlab.group`), whichever machine trained them, and its group run holds
+    their mean and spread."""
+    chosen = without_unset(settings(job))
+    del chosen["training"]["seed"]
+    text = json.dumps({"settings": chosen, "versions": versions(chosen["backend"])}, sort_keys=True)
+    code = installed_code().digest(strings(chosen))
+    return hashlib.sha256((text + code).encode()).hexdigest()[:16]
