@@ -1,6 +1,6 @@
-"""MkDocs hook: the docs link to files outside docs/ (plots/, reports/, bench/README.md) with ordinary relative links
-such as `../plots/s42/p09/learning_curves.png`, which work on GitHub and in an editor. The site gets each such file under
-`_repo/<its path in the repository>`, and the links are rewritten to point there, so `mkdocs build --strict`
+"""MkDocs hook: the docs link to files outside docs/ (plots/, reports/, bench/README.md) with ordinary relative
+links such as `../plots/s42/p09/learning_curves.png`, which work on GitHub and in an editor. The site gets each such
+file under `_repo/<its path in the repository>`, and the links are rewritten to point there, so `mkdocs build --strict`
 checks them like any other link and nothing is copied into docs/."""
 
 from __future__ import annotations
