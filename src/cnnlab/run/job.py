@@ -120,6 +120,7 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
     from optuna import TrialPruned
 
     from cnnlab.core import loop
+    from cnnlab.run.progress import EpochProgress
     from cnnlab.tracking import epochs, runs
 
     parts = splits(data, job.training.validation_split)
@@ -137,7 +138,8 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
         epochs.log_epoch(epoch, logs)
         study.report(trial, metric, epoch, logs)
 
-    callbacks = [keras.callbacks.CSVLogger(str(state.journal), append=True), _failpoints()]
+    callbacks = [keras.callbacks.CSVLogger(str(state.journal), append=True), _failpoints(),
+                 EpochProgress(job.training.epochs, done)]
     try:
         loop.train(model, data, job.training, job.selection, state.checkpoint, callbacks, after_epoch)
     except (TrialPruned, loop.TrainingDiverged):
