@@ -8,6 +8,7 @@ MLflow is imported inside the functions, so `sqlite_file` costs nothing to impor
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -77,6 +78,9 @@ def open_store(tracking: TrackingConfig) -> str:
 
     uri = tracking.uri
     check_store(uri)
+    # "Creating initial MLflow database tables..." and "Updating database tables" on a new sqlite store: MLflow's
+    # set-up, not news for the user (its warnings and errors still show)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     ensure_experiment(uri, tracking.experiment)
     experiment = mlflow.set_experiment(tracking.experiment)
