@@ -245,3 +245,25 @@ def test_a_bad_command_line_is_refused_in_one_line_before_anything_starts(overri
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.startswith(f"error: {says}") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert list(work.iterdir()) == [], "nothing written"
+
+
+def test_a_first_p11_run_prints_its_progress_and_none_of_the_known_noise(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """A new user's first run (a fresh store, P11, registered): `epoch k/N` lines of the planned total, the
+    singular for one epoch, the first champion said as such; no MLflow table set-up lines, no ImageDataGenerator
+    override warning (its config states it), no "was version None"."""
+    done = run_job("cnnlab.train", tmp_path, tiny_data_dir, "project=p11", "training.epochs=2",
+                   "registry.register=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert re.search(r"^epoch 1/2 ━{20} \d+/\d+ · \d+ s · loss .* at most 1 epoch left, about \d+ s$", done.stdout,
+                     re.MULTILINE), done.stdout[-3000:]
+    assert re.search(r"^epoch 2/2 ━{20} .* the last planned epoch$", done.stdout, re.MULTILINE)
+    assert re.search(r"p11: test accuracy \d\.\d{4} after 2 epochs in", printed)
+    assert "cnnlab-p11@champion is now version 1 (best_val_accuracy " in printed
+    assert "; the first)" in printed
+    for noise in ("Creating initial MLflow database tables", "Updating database tables", "was version None",
+                  "zca_whitening overrides", "return cls(**kwargs)"):
+        assert noise not in printed, noise
+    again = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p11", "training.epochs=1", "on_finished=new")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"p11: test accuracy \d\.\d{4} after 1 epoch in", again.stdout), again.stdout[-3000:]

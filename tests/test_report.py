@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from cnnlab.report import load_rows, markdown
+from tests.conftest import ROOT
 
 
 def row(project: str, uri: str, seed: int = 42, accuracy: float = 0.6512) -> dict:
@@ -27,8 +30,20 @@ def test_rows_name_data_cap_device_in_percent_and_link_their_tracking_server() -
     assert "| P01 | 42 | 65.12 | +3.02 | 3 (early stop), kept 2 | 3 |" in text
     assert "| P00 | 1 | 65.12 | – | – | 65.12–65.12 | 62.10 | – | 263,402 | 3.0 | 10 |" in text
     assert "| 2-core CPU (no GPU) | 2026-12-01 |" in text
-    assert "(http://mlflow.example.org:5000/#/experiments/1/runs/abcdef0123)" in text
-    assert "(http://127.0.0.1:5000/#/experiments/1/runs/abcdef0123)" in text
+    assert "(http://mlflow.example.org:5000/#/experiments/1/runs/abcdef0123?workflowType=machine_learning)" in text
+    assert "(http://127.0.0.1:5000/#/experiments/1/runs/abcdef0123?workflowType=machine_learning)" in text
+    assert "not in a clone" in text
+    assert "| [metrics](../metrics/s42/p00.json), [curves](../plots/s42/p00/learning_curves.png) | [abcdef01](" in text
+
+
+def test_the_files_links_point_at_files_a_clone_has() -> None:
+    """What a clone can open: the metrics and curves the files column links to (relative to reports/) are in git."""
+    text = markdown([row(p, "sqlite:///mlflow.db") for p in ("p00", "p11_transforms")])
+    links = re.findall(r"\]\(\.\./((?:metrics|plots)/[^)]+)\)", text)
+    assert len(links) == 4, links
+    tracked = set(subprocess.run(["git", "ls-files", "metrics", "plots"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    assert set(links) <= tracked, set(links) - tracked
 
 
 def test_progress_shows_committed_figures_without_their_run_folder_and_the_report_refuses(tmp_path: Path) -> None:
@@ -46,7 +61,7 @@ def test_progress_shows_committed_figures_without_their_run_folder_and_the_repor
     rows = load_rows(["p00", "p01", "p02"], [42, 43], metrics, outputs, missing_ok=True)
     assert [(r["project"], r["seed"]) for r in rows] == [("p00", 42), ("p01", 42)]
     text = markdown(rows)
-    assert "/#/experiments/1/runs/abcdef0123)" in text
+    assert "/#/experiments/1/runs/abcdef0123?workflowType=machine_learning)" in text
     assert "| P01 | 42 | 65.12 | +3.02 |" in text and text.count("runs/abcdef0123") == 1
     with pytest.raises(SystemExit, match="s42/p01/run.json is missing"):
         load_rows(["p00", "p01"], [42], metrics, outputs)
@@ -63,3 +78,38 @@ def test_projects_over_seeds_and_the_steps_between_them() -> None:
     assert "| P00 | 3 | 62.00 | 1.00 | [59.52, 64.48] | 61.00–63.00 | 62.10 | yes |" in text
     assert "| P01 | 3 | 65.00 | 1.00 | [62.52, 67.48] | 64.00–66.00 | 62.10 | no |" in text
     assert "| P00 → P01 | a second conv | +3.00 | [0.73, 5.27] | 0.021 | improvement |" in text
+
+
+def published(tmp_path: Path, figures: dict, run: dict) -> tuple[Path, Path]:
+    metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
+    (metrics / "s42").mkdir(parents=True, exist_ok=True)
+    (outputs / "s42" / "p00").mkdir(parents=True, exist_ok=True)
+    (metrics / "s42" / "p00.json").write_text(json.dumps(figures))
+    (outputs / "s42" / "p00" / "run.json").write_text(json.dumps(run))
+    return metrics, outputs
+
+
+def test_figures_and_a_run_record_of_another_run_are_not_joined(tmp_path: Path, capsys) -> None:
+    """metrics/s42/p00.json of the committed reference run beside outputs/s42/p00/run.json of a later tiny
+    one-epoch run (two runs' files, as after restoring metrics/): the row keeps the figures, names the mismatch
+    instead of linking the other run, and a warning says so; the same with the run id that newer figures carry."""
+    figures = {k: v for k, v in row("p00", "sqlite:///mlflow.db").items() if not k.startswith("mlflow_")}
+    figures["epoch_cap"] = None
+    tiny = {"mlflow_run_id": "0123456789abcdef", "mlflow_experiment_id": "1", "mlflow_tracking_uri": "sqlite:///mlflow.db",
+            "key": "k-tiny", "data_sha256": "d" * 64, "epoch_cap": 1, "params": 263_402,
+            "device": "2-core CPU (no GPU)", "early_stopped": False}
+    text = markdown(load_rows(["p00"], [42], *published(tmp_path, figures, tiny), missing_ok=True))
+    warned = capsys.readouterr().err
+    assert "| P00 | 42 | 65.12 | +3.02 |" in text and "0123456789abcdef" not in text, "no link to the other run"
+    assert ("⚠ " + str(tmp_path / "outputs" / "s42" / "p00" / "run.json") + " is run 01234567, not this row's "
+            "(data sha256 ffffffffffff in the figures, dddddddddddd in the run record) |") in text
+    assert warned.startswith("warning: ") and "are not from the same run (data sha256" in warned
+    same = {**tiny, "data_sha256": "f" * 64, "epoch_cap": None}
+    assert "⚠" not in markdown(load_rows(["p00"], [42], *published(tmp_path, figures, same)))
+    assert capsys.readouterr().err == "", "the same run's pair is joined without a word"
+    newer = {**figures, "run": {"mlflow_run_id": "fedcba9876543210", "key": "k-ref"}}
+    text = markdown(load_rows(["p00"], [42], *published(tmp_path, newer, same)))
+    assert "is run 01234567, not this row's (mlflow_run_id fedcba987654 in the figures, 0123456789ab in" in text
+    assert "are not from the same run (mlflow_run_id" in capsys.readouterr().err
+    matched = {**same, "mlflow_run_id": "fedcba9876543210", "key": "k-ref"}
+    assert "[fedcba98](" in markdown(load_rows(["p00"], [42], *published(tmp_path, newer, matched)))

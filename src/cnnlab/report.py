@@ -28,6 +28,7 @@ from cnnlab.pipeline import read_params, run_overrides
 from cnnlab.run import plots
 from cnnlab.run.checkout import relocated, run_own_code
 from cnnlab.run.seeds import Step, step, summarize
+from cnnlab.tracking.store import ui_url
 
 UI = "http://127.0.0.1:5000"
 
@@ -36,7 +37,8 @@ def load_rows(projects: list[str], seeds: list[int], metrics_dir: Path, outputs_
               missing_ok: bool = False) -> list[dict[str, Any]]:
     """The published figures and run of each (project, seed). With `missing_ok`, those published so far, and a
     run whose figures are committed but whose run folder is not here (a clone: outputs/ is DVC's, not git's) is
-    shown without its run's link."""
+    shown without its run's link. A run record that is not the figures' run (`other_run`) is said in the row and
+    warned about, and its link left out."""
     rows = []
     for project in projects:
         for seed in seeds:
@@ -46,12 +48,40 @@ def load_rows(projects: list[str], seeds: list[int], metrics_dir: Path, outputs_
                 continue
             if not missing_ok and not (path.exists() and trained.exists()):
                 raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
+            figures = json.loads(path.read_text())
             run = json.loads(trained.read_text()) if trained.exists() else {}
-            rows.append({"project": project, "seed": seed,
-                         **{k: run.get(k) for k in ("device", "machine", "mlflow_run_id", "mlflow_experiment_id",
-                                                    "mlflow_tracking_uri")},
-                         **json.loads(path.read_text())})
+            row = {"project": project, "seed": seed, **figures}
+            other = other_run(figures, run) if run else None
+            if other is None:
+                row.update({k: run.get(k) for k in RUN_KEYS})
+            else:
+                row["other_run"] = f"{trained} is run {str(run.get('mlflow_run_id'))[:8]}, not this row's ({other})"
+                print(f"warning: {path} and {trained} are not from the same run ({other}): the row shows {path}'s "
+                      "figures without a run link; `dvc checkout` or `dvc repro` puts the pair back together",
+                      file=sys.stderr)
+            rows.append(row)
     return rows
+
+
+MISSING = object()
+RUN_KEYS = ("device", "machine", "mlflow_run_id", "mlflow_experiment_id", "mlflow_tracking_uri")
+
+
+def other_run(figures: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """Why a run record (outputs/s<seed>/<p>/run.json) is not the run that made the figures
+    (metrics/s<seed>/<p>.json), or None when nothing says so: the run id and key where the figures name them (runs
+    published since they do), else what both record of the run (data, epoch cap, params, device, early stop)."""
+    named = figures.get("run") or {}
+    pairs = [(key, named.get(key), run.get(key, MISSING)) for key in ("mlflow_run_id", "key") if named.get(key)]
+    if not pairs:
+        ours = {**figures, "data_sha256": (figures.get("data") or {}).get("sha256", MISSING)}
+        pairs = [(name.replace("_", " "), ours.get(name, MISSING), run.get(name, MISSING))
+                 for name in ("data_sha256", "epoch_cap", "params", "device", "early_stopped")]
+    for name, ours, theirs in pairs:
+        if MISSING not in (ours, theirs) and ours != theirs:
+            shown = [str(v)[:12] if isinstance(v, str) else v for v in (ours, theirs)]
+            return f"{name} {shown[0]} in the figures, {shown[1]} in the run record"
+    return None
 
 
 def by_project(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -147,16 +177,24 @@ def step_table(found: list[Step], descriptions: dict[str, str]) -> list[str]:
 
 def run_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| project | seed | test % | difference to source | epochs | cap | train s | data sha256 | machine | "
-             "finished | MLflow run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "finished | files | MLflow run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours, source = r["test_accuracy"], r.get("reported_accuracy")
         diff = "–" if source is None else f"{100 * (ours - source):+.2f}"
         run = r.get("mlflow_run_id") or ""
-        link = f"[{run[:8]}]({ui(r)}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
+        link = f"[{run[:8]}]({ui_url(ui(r), r.get('mlflow_experiment_id', ''), run)})" if run else "–"
+        if r.get("other_run"):
+            link = f"⚠ {r['other_run']}"
         lines.append(f"| {r['project'].upper()} | {r.get('seed', '–')} | {_pct(ours)} | {diff} | {epochs(r)} | "
                      f"{r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | {r['data']['sha256'][:12]} | "
-                     f"{machine(r)} | {(r.get('finished') or '–')[:10]} | {link} |")
+                     f"{machine(r)} | {(r.get('finished') or '–')[:10]} | {files(r)} | {link} |")
     return lines
+
+
+def files(row: dict[str, Any]) -> str:
+    """Links, relative to reports/leaderboard.md, to the run's published metrics and curves: what a clone has."""
+    where = f"s{row['seed']}/{row['project']}"
+    return f"[metrics](../metrics/{where}.json), [curves](../plots/{where}/learning_curves.png)"
 
 
 def markdown(rows: list[dict[str, Any]], follows: dict[str, str | None] | None = None,
@@ -180,7 +218,8 @@ def markdown(rows: list[dict[str, Any]], follows: dict[str, str | None] | None =
     lines += ["## Every run", "",
               "MLflow links go to the run's tracking server, or for the local store to `mlflow ui "
               f"--backend-store-uri sqlite:///mlflow.db` on {UI}; they open where that store is (the machine that "
-              "trained the run), not in a clone, which has the figures above and the curves under plots/.", "",
+              "trained the run), not in a clone, which has the figures above and each run's published metrics and "
+              "curves, linked under files.", "",
               *run_table(rows)]
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     RunState.refuse_if_busy(job)  # a twin job is refused at once, before the backend starts (and creates nothing)
     platform = platform_of(job)
     use_backend(job.backend, platform)
-    check_buildable(job)
+    with configured_overrides():
+        check_buildable(job)
     from cnnlab.tracking import registry, runs
     from cnnlab.tracking.epochs import log_datasets
     from cnnlab.tracking.store import open_store
@@ -103,11 +107,27 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         state.clear()
     update_group(job, experiment_id)
     folder = results.run_folder(job.paths, job.project.id, run_id)
-    log.info("%s: test accuracy %.4f after %d epochs in %.1fs; MLflow run %s, its files in %s%s",
-             job.project.id, metrics["test_accuracy"], metrics["epochs"], metrics["train_seconds"], run_id, folder,
+    log.info("%s: test accuracy %.4f after %s in %.1fs; MLflow run %s, its files in %s%s",
+             job.project.id, metrics["test_accuracy"], epochs_text(metrics["epochs"]), metrics["train_seconds"], run_id,
+             folder,
              f" (published to {job.paths.outputs}/{job.project.id})" if job.publish else
              f" ({job.paths.outputs}/{job.project.id}, the pipeline's, is only written by dvc repro)")
     return metrics
+
+
+def epochs_text(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+@contextmanager
+def configured_overrides() -> Iterator[None]:
+    """Layers built from the configs without the warnings of ImageDataGenerator's own rules that the configs
+    already state: P11's standardisation sets featurewise_std_normalization with zca_whitening as the source did,
+    and conf/augmentation/p11.yaml says that ImageDataGenerator, and so the layer (cnnlab.core.generator), turns it
+    off. The warning would be printed at every build (the check, then training) with a line of cnnlab's code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"zca_whitening overrides featurewise_std_normalization", UserWarning)
+        yield
 
 
 def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any | None = None) -> Any:
@@ -120,10 +140,12 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
     from optuna import TrialPruned
 
     from cnnlab.core import loop
+    from cnnlab.run.progress import EpochProgress
     from cnnlab.tracking import epochs, runs
 
     parts = splits(data, job.training.validation_split)
-    model, core = loop.build(job.model, job.augmentation, job.training, parts["training"][0])
+    with configured_overrides():
+        model, core = loop.build(job.model, job.augmentation, job.training, parts["training"][0])
     runs.set_tags({"params": str(core.count_params()), "device_data": str(loop.on_device(job.training)).lower()})
     epochs.log_summary(model)
     done = state.epochs_done()
@@ -137,7 +159,8 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
         epochs.log_epoch(epoch, logs)
         study.report(trial, metric, epoch, logs)
 
-    callbacks = [keras.callbacks.CSVLogger(str(state.journal), append=True), _failpoints()]
+    callbacks = [keras.callbacks.CSVLogger(str(state.journal), append=True), _failpoints(),
+                 EpochProgress(job.training.epochs, done)]
     try:
         loop.train(model, data, job.training, job.selection, state.checkpoint, callbacks, after_epoch)
     except (TrialPruned, loop.TrainingDiverged):

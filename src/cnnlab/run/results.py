@@ -86,6 +86,7 @@ def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any]
         "seed": job.training.seed, "epoch_cap": identity["epoch_cap"], "device": identity["device"],
         "machine": identity["machine"], "early_stopped": identity["early_stopped"],
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": {"mlflow_run_id": run_id, "key": identity["key"]},  # which run: the report checks run.json against it
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "run.json").write_text(json.dumps({"project": project, **identity}, indent=2) + "\n")

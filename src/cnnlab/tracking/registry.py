@@ -135,8 +135,8 @@ def crown(client: MlflowClient, name: str, metric: str, direction: Direction) ->
                      err.message.splitlines()[0])
             time.sleep(0.2 * attempt)
             continue
-        log.info("%s@%s is now version %s (best_%s %s; was version %s)", name, CHAMPION, best.version, metric,
-                 score(client, best, metric), current)
+        log.info("%s@%s is now version %s (best_%s %s; %s)", name, CHAMPION, best.version, metric,
+                 score(client, best, metric), "the first" if current is None else f"was version {current}")
     raise RuntimeError(f"{name}@{CHAMPION} was still being moved by other jobs after {CROWN_ATTEMPTS} attempts; "
                        "register again to settle it")
 

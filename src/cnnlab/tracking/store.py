@@ -1,11 +1,14 @@
 """The MLflow store: where it is, checked before anything runs (writable sqlite file, or a server that answers
 within 10 s), opened under a lock where it is a local file (MLflow migrates a fresh sqlite store on first open,
-and two processes doing that at once fail, mlflow#4123), and the experiment made sure of.
+and two processes doing that at once fail, mlflow#4123), and the experiment made sure of: it exists, and it is
+tagged as model training (`mlflow.experimentKind` = `custom_model_development`), so `mlflow ui` opens it on its
+runs table rather than on a GenAI overview of traces.
 
 MLflow is imported inside the functions, so `sqlite_file` costs nothing to import."""
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +20,11 @@ from filelock import FileLock, Timeout
 from cnnlab.config.errors import fail
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.run.files import writable_dir
+
+# The experiment tag MLflow 3's UI picks an experiment's first page by: the runs table for model development (an
+# untagged experiment may open on a GenAI "Overview" of traces, of which cnnlab has none).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -70,6 +78,9 @@ def open_store(tracking: TrackingConfig) -> str:
 
     uri = tracking.uri
     check_store(uri)
+    # "Creating initial MLflow database tables..." and "Updating database tables" on a new sqlite store: MLflow's
+    # set-up, not news for the user (its warnings and errors still show)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     ensure_experiment(uri, tracking.experiment)
     experiment = mlflow.set_experiment(tracking.experiment)
@@ -79,6 +90,8 @@ def open_store(tracking: TrackingConfig) -> str:
              f"it ({expected}), but they go to {experiment.artifact_location}: the store was copied or moved, and "
              "new artifacts would land in the old place. Use the store where it was made, or another experiment "
              "(tracking.experiment=...)")
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:  # a new experiment, or one made before
+        mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     return experiment.experiment_id
 
 
@@ -106,3 +119,12 @@ def artifact_location(uri: str) -> str | None:
     whatever folder the first run started from); other stores decide for themselves."""
     path = sqlite_file(uri)
     return None if path is None else (path.resolve().parent / "mlruns").as_uri()
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs table (or of one run) at `base`, in the UI's model-training
+    view: MLflow 3.17's UI picks its view from a global GenAI / Model training switch (the URL's `workflowType`,
+    else the browser's last choice, else GenAI), not from the experiment's kind, so a plain experiment link opens a
+    GenAI overview of traces."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
