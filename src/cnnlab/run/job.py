@@ -227,27 +227,12 @@ def finished(job: JobConfig, context: JobContext, experiment_id: str, state: Run
 def update_group(job: JobConfig, experiment_id: str) -> None:
     """The project's group run (cnnlab.tracking.groups) with the mean and spread of its seeds' figures, as the
     report computes them (cnnlab.run.seeds). Done again by every job of the group, a reuse included, so a failure
-    here (logged) is mended by running the same command again."""
-    from mlflow.exceptions import MlflowException
-
+    there (logged) is mended by running the same command again."""
     from cnnlab.tracking import groups
 
-    key = group_key(job)
-    try:
-        seeds = groups.seed_runs(experiment_id, key)
-        if not seeds:
-            return
-        metrics: dict[str, float] = {}
-        for name in ("test_accuracy", f"best_{job.selection.metric.value}"):
-            values = [r.data.metrics[name] for r in seeds if name in r.data.metrics]
-            if values:
-                metrics.update(summarize(values).as_metrics(name))
-        n = len(seeds)
-        title = f"{job.project.id} · mean of {n} seed{'s' if n != 1 else ''} test {metrics['test_accuracy_mean']:.1%}"
-        groups.update_group(job.tracking, key, job.project.id, metrics, title, seeds)
-    except MlflowException as err:
-        log.warning("%s: its group run (the mean over seeds) was not updated: %s; run the same command again to "
-                    "update it", job.project.id, err)
+    groups.update(job.tracking, experiment_id, group_key(job), job.project.id,
+                  ["test_accuracy", f"best_{job.selection.metric.value}"],
+                  lambda name, values: summarize(values).as_metrics(name))
 
 
 def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state: RunState, run_id: str,

@@ -12,14 +12,18 @@ Two seeds finishing at once may both create a group run: the earliest created st
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.tracking.store import ensure_experiment
 
 GROUP_TAG, ROLE_TAG = "cnnlab.group", "cnnlab.role"
+log = logging.getLogger(__name__)
 
 
 def experiment_name(tracking: TrackingConfig) -> str:
@@ -73,3 +77,26 @@ def update_group(tracking: TrackingConfig, group: str, project: str, metrics: di
     client.set_tag(run_id, "machines", "; ".join(sorted({r.data.tags.get("machine", "not recorded") for r in seeds})))
     client.update_run(run_id, name=name)
     return run_id
+
+
+def update(tracking: TrackingConfig, experiment_id: str, group: str, project: str, names: list[str],
+           aggregate: Callable[[str, list[float]], dict[str, float]]) -> str | None:
+    """Aggregate the metrics `names` over the group's finished seed runs (`aggregate(name, values)` gives the
+    metrics to log) into its group run; returns the group run's id, or None when there is nothing to aggregate or
+    the store refused (logged: the next job of the group, or the same command again, updates it)."""
+    try:
+        seeds = seed_runs(experiment_id, group)
+        if not seeds:
+            return None
+        metrics: dict[str, float] = {}
+        for name in names:
+            values = [r.data.metrics[name] for r in seeds if name in r.data.metrics]
+            if values:
+                metrics.update(aggregate(name, values))
+        n = len(seeds)
+        title = f"{project} · mean of {n} seed{'s' if n != 1 else ''} test {metrics['test_accuracy_mean']:.1%}"
+        return update_group(tracking, group, project, metrics, title, seeds)
+    except MlflowException as err:
+        log.warning("%s: its group run (the mean over seeds) was not updated: %s; run the same command again to "
+                    "update it", project, err)
+        return None

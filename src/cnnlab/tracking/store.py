@@ -106,7 +106,8 @@ def ensure_experiment(uri: str, name: str) -> str:
         found = client.get_experiment_by_name(name)
         if found is None:
             try:
-                return client.create_experiment(name, artifact_location=artifact_location(uri))
+                return client.create_experiment(name, artifact_location=artifact_location(uri),
+                                                tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
             except MlflowException as err:  # on a server, another client's job created it just now
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
