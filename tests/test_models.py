@@ -32,8 +32,8 @@ def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
     assert rates["p10"] == [0.2, 0.2, 0.2, 0.2, 0.2, 0.1]
 
 
-def test_p12_is_a_resnet9_with_a_scaled_head() -> None:
-    model = build_model(model_config("p12"))
+def test_p12_resnet9_is_a_resnet9_with_a_scaled_head() -> None:
+    model = build_model(model_config("p12_resnet9"))
     assert sum(layer.__class__.__name__ == "Add" for layer in model.layers) == 2
     assert model.get_layer("head_scale").scale == 0.125
     convs = [layer.filters for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
@@ -63,3 +63,17 @@ def test_residual_block_adds_branch_to_input() -> None:
     model = build_model(ModelConfig(**cfg))
     assert any(layer.__class__.__name__ == "Add" for layer in model.layers)
     assert model.count_params() == 2 * (8 * 8 * 9 + 8) + 8 * 10 + 10
+
+
+def test_p12_is_airbench94s_network() -> None:
+    model = build_model(model_config("p12"))
+    assert model.get_layer("head_scale").scale == pytest.approx(1 / 9)
+    convs = [layer.filters for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert convs == [64, 64, 256, 256, 256, 256]
+    norms = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    assert all([w.name for w in layer.trainable_weights] == ["beta"] for layer in norms), "frozen scale, trained bias"
+    whitening = 2 * 2 * 3 * 24 + 24  # frozen kernel, trained bias
+    conv = 9 * (24 * 64 + 64 * 64 + 64 * 256 + 3 * 256 * 256)  # no biases
+    batch_norm = 3 * (2 * 64 + 4 * 256)  # beta, moving mean, moving variance
+    assert model.count_params() == whitening + conv + batch_norm + 256 * 10 + 10 == 1_973_954
+    assert model.output_shape == (None, 10)

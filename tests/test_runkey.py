@@ -77,6 +77,22 @@ def test_a_change_to_a_layer_retrains_exactly_the_projects_that_name_it(source: 
     assert digest(source, "p07") == changed["p07"]
 
 
+SEED_PROJECTS = ("p00", "p01", "p02", "p03", "p04", "p05", "p06", "p07", "p08", "p09", "p10", "p11", "p11_transforms")
+
+
+def test_p12s_recipe_changes_no_seed_projects_key_and_p12_reaches_it(source: Path) -> None:
+    with_recipe = {p: digest(source, p) for p in (*SEED_PROJECTS, "p12")}
+    (source / "core" / "recipe.py").unlink()
+    edit(source / "core" / "models.py",
+         "import cnnlab.core.recipe  # noqa: F401  (registers P12's recipe pieces)\n", "")
+    without = {p: digest(source, p) for p in SEED_PROJECTS}
+    assert without == {p: with_recipe[p] for p in SEED_PROJECTS}, "P12's pieces are reached by no seed project"
+    code = CodeBase.read(SRC)
+    reached = code.reached(code.roots | code.named(strings(settings(compose_config("project=p12")))))
+    assert {"RecipeSGD", "Dirac", "PatchWhitening", "FitPatchWhitening", "AlternatingFlip", "TTAViews",
+            "TTAMean"} <= reached["cnnlab.core.recipe"], "P12's key covers every piece it names"
+
+
 def test_a_new_setting_left_unset_changes_no_key() -> None:
     assert without_unset({"a": 1, "b": None, "c": {"d": None, "e": [{"f": None, "g": 2}]}}) == \
         {"a": 1, "c": {"e": [{"g": 2}]}}

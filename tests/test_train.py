@@ -163,11 +163,11 @@ def test_batch32_and_augmented_projects_train(make_cfg, workdir: Path, project: 
     assert loaded.get_layer(project).count_params() == metrics["params"]
 
 
-def test_p12_trains_one_epoch_on_tiny_data(make_cfg, workdir: Path) -> None:
-    metrics = train(make_cfg("project=p12", "training.epochs=1", "training.optimizer.warmup_epochs=0",
+def test_p12_resnet9_trains_one_epoch_on_tiny_data(make_cfg, workdir: Path) -> None:
+    metrics = train(make_cfg("project=p12_resnet9", "training.epochs=1", "training.optimizer.warmup_epochs=0",
                              "training.mixed_precision=false", "tracking.log_model=false"))
     assert metrics["epochs"] == 1 and metrics["params"] == 6_577_610
-    (out,) = (workdir / "runs" / "p12").iterdir()
+    (out,) = (workdir / "runs" / "p12_resnet9").iterdir()
     run = MlflowClient(make_cfg().tracking.uri).get_run(out.name)
     assert run.data.params["training.optimizer.schedule"] == "warmup_cosine"
     assert run.data.params["augmentation.layers.1.type"] == "RandomPadShift"

@@ -138,6 +138,13 @@ class OptimizerConfig:
     clipnorm: float | None = None
     clipvalue: float | None = None
     global_clipnorm: float | None = None
+    # cnnlab.core.recipe.RecipeSGD's own (`name: cnnlab>RecipeSGD`): airbench's schedule, parameter groups, lookahead
+    total_steps: int | None = None
+    warmup_fraction: float | None = None
+    start_factor: float | None = None
+    end_factor: float | None = None
+    bias_scaler: float | None = None
+    lookahead_every: int | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 import cnnlab.core.generator  # noqa: F401  (registers the generator's layers)
+import cnnlab.core.recipe  # noqa: F401  (registers P12's recipe pieces)
 from cnnlab.config.schema import ModelConfig
 from cnnlab.core.layers import CUSTOM_LAYERS
 
