@@ -15,9 +15,9 @@ from cnnlab.config.errors import ConfigError
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
-    from cnnlab.run.state import RunBusy
+    from cnnlab.run.state import RunBusy, StateDamaged
 
-    return ConfigError, RunBusy
+    return ConfigError, RunBusy, StateDamaged
 
 
 def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:

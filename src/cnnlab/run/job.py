@@ -23,7 +23,7 @@ from cnnlab.run.context import JobContext
 from cnnlab.run.data import DataSpec, load
 from cnnlab.run.describe import base_tags, run_name, run_params
 from cnnlab.run.signals import signals_interrupt
-from cnnlab.run.state import RunState
+from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         done = finished(job, context, experiment_id, state, trial)
         if done is not None:
             return done
+        try:
+            state.verify()  # each file checked; a damaged one named, the run continued from what is intact
+        except StateDamaged as err:
+            runs.end_state_runs(experiment_id, state, str(err))
+            raise
         spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
         data = load(spec)
         md5 = spec.md5 or "-"
@@ -206,6 +211,10 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
     evaluation = evaluate_model(model, data.x_test, data.y_test, data.class_names)
     history = state.history(state.epochs_done())
     progress = state.checkpoint.progress()
+    if len(history) != progress.epochs:  # never FINISHED with a history that is not the epochs trained
+        from cnnlab.run.checkpoint import Damaged
+
+        raise Damaged(state.journal, f"it has {len(history)} epochs, but {progress.epochs} were trained")
     kept = None if progress.best_epoch is None else progress.best_epoch + 1  # counted from 1, as Keras' log
     selection = {**plain(job.selection), "value": progress.best_value, "epoch": kept}
     checkout = context.checkout
