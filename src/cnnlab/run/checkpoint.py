@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.core.loop import Progress, restore_seeds
+from cnnlab.errors import UserError
 from cnnlab.run.files import PARTIAL, atomic_write, remove, write_atomically
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ BACKUP = re.compile(r"epoch-(\d+)\.(json|weights\.h5)")
 FORMAT = 2  # the record's layout: Progress, weights sha256, journal text, its own sha256
 
 
-class Damaged(RuntimeError):
+class Damaged(UserError):
     """A file of a run's state is not what was written: `path` and `problem` say which and how."""
 
     def __init__(self, path: Path, problem: str) -> None:

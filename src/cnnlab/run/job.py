@@ -20,7 +20,7 @@ from cnnlab.config.settings import capped, plain
 from cnnlab.core.data import Dataset, splits
 from cnnlab.run import faults, results
 from cnnlab.run.context import JobContext
-from cnnlab.run.data import DataSpec, load
+from cnnlab.run.data import DataSpec, check_source, load
 from cnnlab.run.describe import base_tags, run_name, run_params
 from cnnlab.run.signals import signals_interrupt
 from cnnlab.run.state import RunState, StateDamaged
@@ -61,14 +61,16 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     context = context or JobContext.current()
     check_job(job)
     job = capped(job)
-    RunState.refuse_if_busy(job)  # a twin job is refused at once, before the backend starts (and creates nothing)
-    use_backend(job.backend)
-    check_buildable(job)
-    from cnnlab.tracking import registry, runs
-    from cnnlab.tracking.epochs import log_datasets
-    from cnnlab.tracking.store import open_store
+    RunState.refuse_if_busy(job)  # a twin job is refused at once (and creates nothing)
+    spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
+    check_source(spec)  # what is wrong with the data source without a download, before anything starts
+    with RunState.claim(job) as state:  # before the backend starts: a twin a moment later is refused at once
+        use_backend(job.backend)
+        check_buildable(job)
+        from cnnlab.tracking import registry, runs
+        from cnnlab.tracking.epochs import log_datasets
+        from cnnlab.tracking.store import open_store
 
-    with RunState.claim(job) as state:
         experiment_id = open_store(job.tracking)
         trial = study.job_trial(job, context)
         done = finished(job, context, experiment_id, state, trial)
@@ -79,7 +81,6 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         except StateDamaged as err:
             runs.end_state_runs(experiment_id, state, str(err))
             raise
-        spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
         data = load(spec)
         md5 = spec.md5 or "-"
         described = {"data": job.data.name, "data_source": data_source(job), "data_md5": md5,

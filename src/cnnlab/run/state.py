@@ -32,7 +32,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,18 @@ from filelock import FileLock, Timeout
 
 from cnnlab.config.schema import JobConfig
 from cnnlab.config.settings import result_key
+from cnnlab.errors import UserError
 from cnnlab.run.checkpoint import Backup, Checkpoint, Damaged, file_sha256, journal_epochs, sealed, unseal
 from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside
 
 log = logging.getLogger(__name__)
 
 
-class RunBusy(RuntimeError):
+class RunBusy(UserError):
     """Another process is working on a run with the same settings right now."""
 
 
-class StateDamaged(RuntimeError):
+class StateDamaged(UserError):
     """A run's state is damaged and nothing intact is left to continue from: the job is refused, saying how to
     start over."""
 
@@ -97,6 +98,7 @@ class RunState:
         process holds it."""
         folder = cls.folder_of(job)
         key = folder.name.removeprefix(f"{job.project.id}-")
+        made = not folder.parent.exists()
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cls.lock_path(folder))
         try:
@@ -107,6 +109,11 @@ class RunState:
             remove_partials(folder.parent, folder.name)  # a state folder whose removal was cut short
             yield cls(folder, key)
         finally:
+            if not folder.exists():  # nothing to hold (a finished run, a refused job): nothing is left behind
+                cls.lock_path(folder).unlink(missing_ok=True)  # (unlinked held: every claim tries once, no waiter)
+                if made:
+                    with suppress(OSError):
+                        folder.parent.rmdir()  # only when empty
             lock.release()
 
     @classmethod
