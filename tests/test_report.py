@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.errors import UserError
 from cnnlab.report import load_rows, markdown
 
 
@@ -45,5 +46,5 @@ def test_progress_shows_committed_figures_without_their_run_folder_and_the_repor
     text = markdown(rows)
     assert "/#/experiments/1/runs/abcdef0123)" in text
     assert "| P01 | 65.12 | 62.10 |" in text and text.count("runs/abcdef0123") == 1
-    with pytest.raises(SystemExit, match="p01/run.json is missing"):
+    with pytest.raises(UserError, match=r"p01/run.json is missing: run `dvc repro`"):
         load_rows(["p00", "p01"], metrics, outputs)

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.cli import one_line_errors
 from cnnlab.config.compose import compose, to_job
+from cnnlab.errors import UserError
 from cnnlab.pipeline import read_params, run_overrides
 from cnnlab.run import plots
 from cnnlab.run.checkout import relocated, run_own_code
@@ -37,13 +39,30 @@ def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path,
         path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
         if missing_ok and not path.exists():
             continue
-        if not missing_ok and not (path.exists() and trained.exists()):
-            raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
-        run = json.loads(trained.read_text()) if trained.exists() else {}
+        missing = [str(p) for p in (path, trained) if not p.exists()]
+        if not missing_ok and missing:
+            raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: run "
+                            f"`dvc repro` (it trains and publishes {project})")
+        run = read_json(trained, project) if trained.exists() else {}
         rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",
                                                                      "mlflow_tracking_uri")},
-                     **json.loads(path.read_text())})
+                     **read_json(path, project)})
     return rows
+
+
+def read_json(path: Path, project: str) -> dict[str, Any]:
+    """A published JSON object; an empty, corrupt or unreadable one is a UserError naming it and the fix."""
+    text = None
+    try:
+        text = path.read_text()
+        value = json.loads(text)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = "empty" if text is not None and not text.strip() else f"not readable JSON ({err})"
+        raise UserError(f"{path} is {problem}: publish {project} again (`dvc repro -f train@{project}`, or "
+                        f"`dvc checkout {path}` for the committed one)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object: publish {project} again (`dvc repro -f train@{project}`)")
+    return value
 
 
 def ui(row: dict[str, Any]) -> str:
@@ -122,6 +141,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     run_own_code("cnnlab.report", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__,
