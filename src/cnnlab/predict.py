@@ -78,6 +78,8 @@ def resized(path: Path) -> Image.Image:
                 if image.mode not in KEPT:
                     image = image.convert("RGB")
                 return image.resize(SIZE, Image.Resampling.BICUBIC, box=drafted[1] if drafted else None)
+    except PredictError:
+        raise
     except Exception as err:
         raise PredictError(f"{path}: {unreadable(err)}") from None
 
