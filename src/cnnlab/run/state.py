@@ -100,11 +100,9 @@ class RunState:
         key = folder.name.removeprefix(f"{job.project.id}-")
         made = not folder.parent.exists()
         folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(cls.lock_path(folder))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise cls._busy(job, folder) from None
+        lock = cls._acquire(cls.lock_path(folder))
+        if lock is None:
+            raise cls._busy(job, folder)
         try:
             remove_partials(folder.parent, folder.name)  # a state folder whose removal was cut short
             yield cls(folder, key)
@@ -115,6 +113,27 @@ class RunState:
                     with suppress(OSError):
                         folder.parent.rmdir()  # only when empty
             lock.release()
+
+    @staticmethod
+    def _acquire(path: Path) -> FileLock | None:
+        """The lock on `path`, held, or None when another process holds it. A lock file is removed by the job that
+        held it when nothing is left to hold (`claim`), so a lock taken on a file that was removed meanwhile is
+        not the lock: it is taken again on the file that is there now."""
+        for _ in range(3):
+            lock = FileLock(path)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return None
+            held = os.fstat(lock._context.lock_file_fd)  # noqa: SLF001 - filelock keeps its descriptor there
+            try:
+                there = os.stat(path)
+            except FileNotFoundError:
+                there = None
+            if there is not None and (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
+                return lock
+            lock.release()
+        return None
 
     @classmethod
     def is_claimed(cls, folder: Path) -> bool:
