@@ -105,27 +105,23 @@ def end_state_runs(experiment_id: str, state: RunState, reason: str) -> None:
 
 
 def _record(tracking: TrackingConfig, state: RunState, experiment_id: str) -> dict[str, Any] | None:
-    """The state's record; a damaged one is named and rebuilt from the run whose tags name this state folder,
-    or, where there is none (or more than one), the job is refused (StateDamaged) when the state has epochs to
-    lose, and starts a new run with a warning when it has none."""
+    """The state's record; a damaged one is named and rebuilt from the newest unfinished run whose tags name this
+    state folder (each new run of a state is its newest), or, where there is none, the job is refused
+    (StateDamaged) when the state has epochs to lose, and starts a new run with a warning when it has none."""
     try:
         return state.record()
     except Damaged as damage:
         found = state_runs(experiment_id, state)
-        if len(found) == 1:
+        if found:
             run_id = found[0].info.run_id
-            log.warning("%s; its run is %s (tagged with this state folder): continuing it", damage, run_id)
+            log.warning("%s; its run is %s (the newest tagged with this state folder): continuing it", damage, run_id)
             state.remember(tracking_uri=tracking.uri, experiment_id=experiment_id, run_id=run_id)
             return state.record()
         if state.epochs_done() == 0 and not state.trained_file.exists():
             log.warning("%s, and the state has no epoch to continue: starting a new run", damage)
             return None
-        why = ("no MLflow run of this experiment is tagged with this state folder" if not found else
-               f"{len(found)} MLflow runs are tagged with this state folder "
-               f"({', '.join(r.info.run_id for r in found)}): which one it belongs to is not known")
-        refusal = StateDamaged(state, damage, why)
-        end_state_runs(experiment_id, state, str(refusal))
-        raise refusal from None
+        raise StateDamaged(state, damage, f"no unfinished MLflow run of experiment {experiment_id} in "
+                                          f"{tracking.uri} is tagged with this state folder") from None
 
 
 def _resumable(tracking: TrackingConfig, state: RunState, experiment_id: str) -> str | None:
