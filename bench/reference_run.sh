@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference table's long run (README, "Reference results"): `dvc repro` of the committed params.yaml on a
+# The reference table's long run (docs/results.md): `dvc repro` of the committed params.yaml on a
 # CIFAR-10 copy, in a worktree of this repository pinned at one commit (.wt/reference, git-ignored) with its own
 # virtual environment, at low priority, its log in .wt/reference/logs/reference.log. Run it again after a kill, a
 # reboot or a new session: it makes what is missing and continues (the pipeline resumes every interrupted run).
@@ -8,7 +8,7 @@
 #
 # The commit defaults to the worktree's own (or HEAD when there is none yet; "" keeps that default). Moving it to
 # a later commit keeps every finished and interrupted run as long as src/cnnlab/core and the composed settings are
-# unchanged. Stages (e.g. train@p08 train@p09) make only those and what they depend on, in that order: a machine
+# unchanged. Stages (e.g. train@p08-43 train@p09-43) make only those and what they depend on, in that order: a machine
 # that does not keep .wt/ between sessions trains the table a session-sized part at a time.
 set -euo pipefail
 archive=${1:?the CIFAR-10 archive}; md5=${2:?its md5}; label=${3:-}; commit=${4:-}

@@ -13,6 +13,7 @@ Synthetic images (the speed does not depend on the pixels). The device is printe
     python bench/throughput.py --projects p00 p10 p12 --images 2048 --epochs 3 --repeats 3
     python bench/throughput.py --breakdown p11                       # each augmentation layer's cost
     python bench/throughput.py --time-to-accuracy --target 0.93      # P12 on CIFAR-10 (a GPU job)
+    python bench/throughput.py --determinism --projects p00 p07 p10  # what TensorFlow's op determinism costs
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def cnnlab_seconds(job, layers: list, pixels: np.ndarray, labels: np.ndarray, ep
 
     from cnnlab.core import loop
     from cnnlab.core.data import Dataset
+    from cnnlab.run.checkpoint import Checkpoint
 
     training = dataclasses.replace(job.training, epochs=epochs + 1, validation_split=0.0)
     training = dataclasses.replace(training, early_stopping=dataclasses.replace(training.early_stopping,
@@ -65,7 +67,7 @@ def cnnlab_seconds(job, layers: list, pixels: np.ndarray, labels: np.ndarray, ep
     data = Dataset(pixels, labels, pixels[:1], labels[:1], [str(i) for i in range(10)], "synthetic")
     seconds: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
-        loop.train(model, data, training, job.selection, loop.Checkpoint(Path(folder)),
+        loop.train(model, data, training, job.selection, Checkpoint(Path(folder)),
                    after_epoch=lambda epoch, logs: seconds.append(logs["epoch_seconds"]))
     return seconds[1:]
 
@@ -122,6 +124,7 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
     from cnnlab.core import loop
     from cnnlab.core.data import splits
     from cnnlab.core.evaluation import evaluate_model
+    from cnnlab.run.checkpoint import Checkpoint
     from cnnlab.run.data import DataSpec, load
 
     cfg = to_job(compose(["project=p12", *overrides]))
@@ -141,12 +144,41 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
             reached = trained
 
     with tempfile.TemporaryDirectory() as folder:
-        loop.train(model, data, t, cfg.selection, loop.Checkpoint(Path(folder)), after_epoch=after_epoch)
+        loop.train(model, data, t, cfg.selection, Checkpoint(Path(folder)), after_epoch=after_epoch)
     if reached is None:
         print(f"P12 did not reach {target:.2%} in {t.epochs} epochs ({trained:.1f}s of training)")
     else:
         print(f"P12 reached {target:.2%}: {reached:.1f}s including the first (compiling) epoch, "
               f"{reached - first_epoch:.1f}s + one compiled epoch excluded ({first_epoch:.1f}s)")
+
+
+def determinism_cost(projects: list[str], images: int, epochs: int, repeats: int) -> None:
+    """Each project as cnnlab trains it, with TensorFlow's op determinism off and on, alternating within each
+    repeat (so a load that comes and goes meets both alike): median images/s of each, and their ratio. Turning
+    it off again uses TensorFlow's private switch (its public API only turns it on)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    from cnnlab.config.compose import compose, to_job
+
+    print(f"{images} synthetic images, median of {repeats} x {epochs} epochs per setting (first epoch excluded), "
+          "off and on alternating")
+    print("| project | op determinism off img/s | on img/s | on / off |")
+    print("|---|---|---|---|")
+    pixels, labels = synthetic(images)
+    for project in projects:
+        job = to_job(compose([f"project={project}"]))
+        found: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(repeats):
+            for on in (False, True):
+                if on:
+                    tf.config.experimental.enable_op_determinism()
+                else:
+                    tf_config.disable_op_determinism()
+                found[on] += [images / s for s in cnnlab_seconds(job, job.augmentation.layers, pixels, labels, epochs)]
+        off, on = statistics.median(found[False]), statistics.median(found[True])
+        print(f"| {project.upper()} | {off:,.0f} | {on:,.0f} | {on / off:.2f}x |", flush=True)
+    tf_config.disable_op_determinism()
 
 
 def main() -> None:
@@ -157,21 +189,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-to-accuracy", action="store_true", help="train P12 on CIFAR-10 instead")
     parser.add_argument("--breakdown", metavar="PROJECT", help="cost of each augmentation layer of PROJECT alone")
+    parser.add_argument("--determinism", action="store_true", help="op determinism off against on, per project")
     parser.add_argument("--target", type=float, default=0.93)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for --time-to-accuracy (e.g. data=tiny)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from cnnlab.config.machine import compute_platform, describe
     from cnnlab.run.job import device_name
 
-    print(f"device: {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
+    print(f"device: {device_name()}, machine: {describe(compute_platform(0, 'disabled'))}, Keras "
+          f"{keras.__version__} on {keras.backend.backend()}", flush=True)
     keras.utils.disable_interactive_logging()  # the training loop's per-epoch lines would bury the table
     if args.time_to_accuracy:
         time_to_accuracy(args.target, args.overrides)
         return
     if args.breakdown:
         augmentation_breakdown(args.breakdown, args.images, args.epochs, args.repeats)
+        return
+    if args.determinism:
+        determinism_cost(args.projects, args.images, args.epochs, args.repeats)
         return
     print(f"{args.images} synthetic images, median of {args.repeats} x {args.epochs} epochs (first epoch excluded)")
     print("| project | baseline img/s | cnnlab img/s | cnnlab / baseline | cnnlab no-aug img/s | augmentation cost "

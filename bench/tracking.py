@@ -3,7 +3,7 @@ synchronous batch of the epoch's six metrics) costs on the embedded sqlite store
 
 Each repeat is a fresh run that logs `--epochs` epochs; the figure is the median over repeats of the seconds per
 epoch, with the server's ratio to sqlite measured in the same process. The server is any running `mlflow server`
-(README, "Team and cluster", starts one on PostgreSQL); without `--server` only sqlite is measured.
+(docs/team.md starts one on PostgreSQL); without `--server` only sqlite is measured.
 
     python bench/tracking.py --server http://127.0.0.1:5000 --epochs 50 --repeats 5
 """

@@ -99,7 +99,8 @@ def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(tmp_pat
 
 
 def test_twelve_projects_in_parallel_on_an_empty_folder(tmp_path: Path) -> None:
-    """README's parallel recipe on a fresh checkout: every job finishes, and one of them builds the data."""
+    """The docs' parallel recipe (docs/benchmarks.md) on a fresh checkout: every job finishes, and one of them
+    builds the data."""
     done = run_cli("cnnlab.train", tmp_path, tmp_path / "data", "project=glob(p??,exclude=p12)", "training.epochs=1",
                    "hydra/launcher=parallel", "hydra.launcher.n_jobs=3", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]

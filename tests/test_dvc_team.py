@@ -17,13 +17,14 @@ from mlflow.tracking import MlflowClient
 from tests.test_pipeline import git_copy, sh, stages_run
 
 pytestmark = pytest.mark.system
-PUBLISHED = ["dvc.lock", "metrics/p00.json", "reports/leaderboard.md", "plots/p00/history.csv"]
+PUBLISHED = ["dvc.lock", "metrics/s42/p00.json", "reports/leaderboard.md", "plots/s42/p00/history.csv"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git copy of this repository that trains P00 on tiny data for one epoch, after `dvc repro`, committed."""
-    repo = git_copy(tmp_path_factory.mktemp("team") / "cnnlab", projects=["p00"], data="tiny", max_epochs=1)
+    repo = git_copy(tmp_path_factory.mktemp("team") / "cnnlab", projects=["p00"], seeds=[42], data="tiny",
+                    max_epochs=1)
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny pipeline")
@@ -45,15 +46,16 @@ def test_a_clone_pulls_the_results_from_the_remote_and_reproduces_nothing(repo: 
     assert "up to date" in sh(clone, "dvc", "status").stdout
     assert stages_run(sh(clone, "dvc", "repro").stdout) == set(), "nothing is trained again"
     shown = json.loads(sh(clone, "dvc", "metrics", "show", "--json").stdout)
-    metrics = json.loads((repo / "metrics" / "p00.json").read_text())
-    assert next(iter(shown.values()))["data"]["metrics/p00.json"]["data"]["test_accuracy"] == metrics["test_accuracy"]
+    metrics = json.loads((repo / "metrics" / "s42" / "p00.json").read_text())
+    assert next(iter(shown.values()))["data"]["metrics/s42/p00.json"]["data"]["test_accuracy"] == \
+        metrics["test_accuracy"]
     assert (clone / "reports" / "leaderboard.md").read_text() == (repo / "reports" / "leaderboard.md").read_text()
 
     import keras
 
-    import cnnlab.core.layers  # noqa: F401  (registers cnnlab's layers for loading)
+    import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
 
-    model = keras.saving.load_model(clone / "outputs" / "p00" / "model.keras")
+    model = keras.saving.load_model(clone / "outputs" / "s42" / "p00" / "model.keras")
     (prepared,) = (clone / "data" / "prepared" / "tiny").glob("*/arrays.npz")
     arrays = np.load(prepared)
     predicted = model.predict(arrays["x_test"], verbose=0).argmax(axis=1)
@@ -97,9 +99,9 @@ def test_queued_experiments_are_tracked_in_the_users_store(repo: Path) -> None:
     model = repo / "conf" / "model" / "p00.yaml"
     names = {"seed-one": 1, "seed-two": 2}
     try:
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-one", "-S", "seed=1")
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-one", "-S", "seeds=[1]")
         model.write_text(model.read_text().replace("{type: Dense, units: 32,", "{type: Dense, units: 48,"))
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-two", "-S", "seed=2")
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", "seed-two", "-S", "seeds=[2]")
         sh(repo, "git", "checkout", "conf")
         sh(repo, "dvc", "queue", "start", "-j", "2")
         deadline = time.monotonic() + 600
@@ -124,7 +126,7 @@ def test_queued_experiments_are_tracked_in_the_users_store(repo: Path) -> None:
         name = run.data.tags["dvc_experiment"]
         assert run.data.params["training.seed"] == str(names[name])
         assert run.data.params["model.layers.3.units"] == {"seed-one": "32", "seed-two": "48"}[name]
-        accuracy = experiments[name]["metrics"]["metrics/p00.json"]["data"]["test_accuracy"]
+        accuracy = experiments[name]["metrics"][f"metrics/s{names[name]}/p00.json"]["data"]["test_accuracy"]
         assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
         assert Path(run.data.tags["result_dir"]) == repo / "runs" / "p00" / run.info.run_id
         assert (repo / "runs" / "p00" / run.info.run_id / "model.keras").is_file(), "the run's folder outlives the copy"

@@ -8,7 +8,7 @@ from cnnlab.config.schema import ModelConfig
 from cnnlab.core.models import ModelConfigError, build_model
 from tests.conftest import model_config
 
-# SEED_PROJECTS.md, checked with Keras; the starred ones are printed by the source.
+# The source write-up's parameter counts (P00-P11), checked with Keras.
 EXPECTED_PARAMS = {
     "p00": 263_402, "p01": 136_954, "p02": 849_358, "p03": 939_458, "p04": 325_058, "p05": 171_458,
     "p06": 686_154, "p07": 688_330, "p08": 723_146, "p09": 723_146, "p10": 723_146, "p11": 719_402,

@@ -179,29 +179,29 @@ def project_folder(tmp_path: Path, params: dict) -> Path:
     return folder
 
 
-PARAMS = {"projects": ["p00"], "data": "tiny", "seed": 42, "backend": "tensorflow", "max_epochs": 0}
+PARAMS = {"projects": ["p00"], "seeds": [42], "data": "tiny", "backend": "tensorflow", "max_epochs": 0}
 
 
 @pytest.mark.parametrize("content", ["", "{not json", "[]"])
 def test_report_names_an_empty_or_corrupt_metrics_file(content: str, tmp_path: Path) -> None:
     folder = project_folder(tmp_path, PARAMS)
-    (folder / "metrics").mkdir()
-    (folder / "metrics" / "p00.json").write_text(content)
-    (folder / "outputs" / "p00").mkdir(parents=True)
-    (folder / "outputs" / "p00" / "run.json").write_text("{}")
+    (folder / "metrics" / "s42").mkdir(parents=True)
+    (folder / "metrics" / "s42" / "p00.json").write_text(content)
+    (folder / "outputs" / "s42" / "p00").mkdir(parents=True)
+    (folder / "outputs" / "s42" / "p00" / "run.json").write_text("{}")
     done = subprocess.run([sys.executable, "-m", "cnnlab.report"], cwd=folder, capture_output=True, text=True,
                           timeout=600, env=env(tmp_path, True))
-    refused(done, "metrics/p00.json is ", "dvc repro -f train@p00")
+    refused(done, "metrics/s42/p00.json is ", "dvc repro -f train@p00-42")
 
 
 def test_report_names_only_the_file_that_is_missing(tmp_path: Path) -> None:
     folder = project_folder(tmp_path, PARAMS)
-    (folder / "metrics").mkdir()
-    (folder / "metrics" / "p00.json").write_text("{}")
+    (folder / "metrics" / "s42").mkdir(parents=True)
+    (folder / "metrics" / "s42" / "p00.json").write_text("{}")
     done = subprocess.run([sys.executable, "-m", "cnnlab.report"], cwd=folder, capture_output=True, text=True,
                           timeout=600, env=env(tmp_path, True))
-    line = refused(done, "outputs/p00/run.json is missing")
-    assert "metrics/p00.json" not in line
+    line = refused(done, "outputs/s42/p00/run.json is missing")
+    assert "metrics/s42/p00.json" not in line
 
 
 @pytest.mark.parametrize(("change", "says"), [

@@ -11,20 +11,22 @@ from cnnlab.errors import UserError
 from cnnlab.report import load_rows, markdown
 
 
-def row(project: str, uri: str) -> dict:
-    return {"project": project, "test_accuracy": 0.6512, "reported_accuracy": 0.621, "params": 263_402, "epochs": 3,
+def row(project: str, uri: str, seed: int = 42, accuracy: float = 0.6512) -> dict:
+    return {"project": project, "test_accuracy": accuracy, "reported_accuracy": 0.621, "params": 263_402, "epochs": 3,
             "early_stopped": project == "p01", "selection": {"epoch": 2}, "finished": "2026-12-01T22:22:53+00:00",
             "epoch_cap": 3, "train_seconds": 9.5, "device": "2-core CPU (no GPU)", "mlflow_run_id": "abcdef0123",
             "mlflow_experiment_id": "1", "mlflow_tracking_uri": uri,
-            "data": {"name": "cifar10", "source": "mirror: JPEG copy (c.tar.gz)", "md5": "65ee", "sha256": "f" * 64}}
+            "data": {"name": "cifar10", "source": "mirror: JPEG copy (c.tar.gz)", "md5": "65ee", "sha256": "f" * 64},
+            "seed": seed}
 
 
 def test_rows_name_data_cap_device_in_percent_and_link_their_tracking_server() -> None:
     text = markdown([row("p00", "http://mlflow.example.org:5000/"), row("p01", "sqlite:///mlflow.db")])
     assert "Data: cifar10, mirror: JPEG copy (c.tar.gz), prepared sha256 ffffffffffff." in text
-    assert "Epochs capped at 3." in text and "Device: 2-core CPU (no GPU)." in text
-    assert "| P00 | 65.12 | 62.10 | +3.02 | 263,402 | 3, kept 2 | 3 | 9.5 | ffffffffffff |" in text
-    assert "| P01 | 65.12 | 62.10 | +3.02 | 263,402 | 3 (early stop), kept 2 | 3 |" in text
+    assert "Epochs capped at 3." in text and "Machines: 2-core CPU (no GPU)." in text
+    assert "| P00 | 42 | 65.12 | +3.02 | 3, kept 2 | 3 | 9.5 | ffffffffffff |" in text
+    assert "| P01 | 42 | 65.12 | +3.02 | 3 (early stop), kept 2 | 3 |" in text
+    assert "| P00 | 1 | 65.12 | – | – | 65.12–65.12 | 62.10 | – | 263,402 | 3.0 | 10 |" in text
     assert "| 2-core CPU (no GPU) | 2026-12-01 |" in text
     assert "(http://mlflow.example.org:5000/#/experiments/1/runs/abcdef0123)" in text
     assert "(http://127.0.0.1:5000/#/experiments/1/runs/abcdef0123)" in text
@@ -34,17 +36,31 @@ def test_progress_shows_committed_figures_without_their_run_folder_and_the_repor
     """A clone has the committed metrics/ but not outputs/ (DVC's): `--progress` shows those projects (no run
     link), leaves out the unpublished one; the report itself needs every run folder."""
     metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
-    metrics.mkdir()
-    (outputs / "p00").mkdir(parents=True)
+    (metrics / "s42").mkdir(parents=True)
+    (outputs / "s42" / "p00").mkdir(parents=True)
     for project in ("p00", "p01"):
         figures = {k: v for k, v in row(project, "sqlite:///mlflow.db").items()
                    if not k.startswith("mlflow_") and k != "project"}
-        (metrics / f"{project}.json").write_text(json.dumps(figures))
-    (outputs / "p00" / "run.json").write_text(json.dumps({"mlflow_run_id": "abcdef0123", "mlflow_experiment_id": "1"}))
-    rows = load_rows(["p00", "p01", "p02"], metrics, outputs, missing_ok=True)
-    assert [r["project"] for r in rows] == ["p00", "p01"]
+        (metrics / "s42" / f"{project}.json").write_text(json.dumps(figures))
+    (outputs / "s42" / "p00" / "run.json").write_text(json.dumps({"mlflow_run_id": "abcdef0123",
+                                                                  "mlflow_experiment_id": "1"}))
+    rows = load_rows(["p00", "p01", "p02"], [42, 43], metrics, outputs, missing_ok=True)
+    assert [(r["project"], r["seed"]) for r in rows] == [("p00", 42), ("p01", 42)]
     text = markdown(rows)
     assert "/#/experiments/1/runs/abcdef0123)" in text
-    assert "| P01 | 65.12 | 62.10 |" in text and text.count("runs/abcdef0123") == 1
-    with pytest.raises(UserError, match=r"p01/run.json is missing: run `dvc repro`"):
-        load_rows(["p00", "p01"], metrics, outputs)
+    assert "| P01 | 42 | 65.12 | +3.02 |" in text and text.count("runs/abcdef0123") == 1
+    with pytest.raises(UserError, match=r"s42/p01/run.json is missing: run `dvc repro`"):
+        load_rows(["p00", "p01"], [42], metrics, outputs)
+
+
+def test_projects_over_seeds_and_the_steps_between_them() -> None:
+    """Two projects over three seeds: each project's mean, spread and interval, the source inside or outside it,
+    and the step's Welch difference and verdict (the numbers of tests/test_seeds.py, in percent)."""
+    rows = [row("p00", "sqlite:///mlflow.db", seed, accuracy) for seed, accuracy in
+            zip((42, 43, 44), (0.61, 0.62, 0.63), strict=True)]
+    rows += [row("p01", "sqlite:///mlflow.db", seed, accuracy) for seed, accuracy in
+             zip((42, 43, 44), (0.64, 0.65, 0.66), strict=True)]
+    text = markdown(rows, {"p00": None, "p01": "p00"}, {"p01": "a second conv"})
+    assert "| P00 | 3 | 62.00 | 1.00 | [59.52, 64.48] | 61.00–63.00 | 62.10 | yes |" in text
+    assert "| P01 | 3 | 65.00 | 1.00 | [62.52, 67.48] | 64.00–66.00 | 62.10 | no |" in text
+    assert "| P00 → P01 | a second conv | +3.00 | [0.73, 5.27] | 0.021 | improvement |" in text

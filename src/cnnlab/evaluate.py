@@ -1,6 +1,6 @@
 """`python -m cnnlab.evaluate project=p04 [evaluate.model=<model.keras>]`: re-evaluate a saved model without
-training (by default the pipeline's `outputs/p04/model.keras`) and write its figures into the job's own folder
-(`logs/evaluate/runs/<time>_p04/`)."""
+training (by default the pipeline's `outputs/s42/p04/model.keras`: seed 42, or training.seed=<seed>) and write its
+figures into the job's own folder (`logs/evaluate/runs/<time>_p04/`)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ def check_recorded_data(model_path: Path, data_name: str, checksum: str | None, 
 
 
 def model_file(job: JobConfig) -> Path:
-    """The model a job evaluates: evaluate.model, by default the pipeline's `outputs/<project>/model.keras`."""
-    return Path(job.evaluate.model or Path(job.paths.outputs) / job.project.id / "model.keras")
+    """The model a job evaluates: evaluate.model, by default the pipeline's `outputs/s<seed>/<project>/model.keras`
+    (as the pipeline publishes it)."""
+    default = Path(job.paths.outputs) / f"s{job.training.seed}" / job.project.id / "model.keras"
+    return Path(job.evaluate.model or default)
 
 
 def check_model_file(model_path: Path, project: str) -> None:
@@ -81,7 +83,7 @@ def check_fits(model: Any, model_path: Path, image_shape: tuple[int, ...], class
 
 
 def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
-    """Evaluate a saved model (evaluate.model, by default the pipeline's `outputs/<project>/model.keras`) on the
+    """Evaluate a saved model (evaluate.model, by default the pipeline's `outputs/s<seed>/<project>/model.keras`) on the
     configured test set without training, after checking that it was trained on the same data (its run.json)
     and fits it; writes metrics.json, confusion_matrix.png and confusion.csv into `out_dir` and touches nothing
     else (no MLflow run, nothing published)."""
@@ -94,7 +96,7 @@ def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
     use_backend(job.backend)
     import keras
 
-    import cnnlab.core.layers  # noqa: F401  (registers custom layers for loading)
+    import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
     from cnnlab.core.evaluation import evaluate_model
     from cnnlab.run.data import DataSpec, load
     from cnnlab.run.results import write_confusion

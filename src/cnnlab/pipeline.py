@@ -1,15 +1,17 @@
-"""The DVC stages' commands: `python -m cnnlab.pipeline fetch|prepare|compose|train P`.
+"""The DVC stages' commands: `python -m cnnlab.pipeline fetch|prepare|compose|train P SEED`.
 
-params.yaml picks what the pipeline builds (projects, data, seed, backend, an epoch cap); each project's own
+params.yaml picks what the pipeline builds (projects, seeds, data, backend, an epoch cap); each project's own
 settings come from the Hydra tree (conf/). `compose` writes, per project, exactly what decides its trained model
-(cnnlab.config.settings.settings) to `composed/<project>.yaml`: the train stage depends on that file and trains from it
-and from nothing else (conf/ gives it only where files go, how runs are tracked and the project's description),
-so editing a description retrains nothing and editing a model retrains that project. `train` is the same
-`cnnlab.train.train` as the command line, with `publish=true` (the run is published to outputs/, plots/ and
-metrics/), `registry.register=true` (its model becomes a version of `cnnlab-<project>`, the champion if it is
-the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run that had already
-finished, and registers it if the kill came first). In a queued experiment's temporary copy of the repository,
-the copy's own code and configs run, and the run is tracked in the user's store (cnnlab.run.checkout)."""
+but the seed (cnnlab.config.settings.settings) to `composed/<project>.yaml`: the project's train stages, one per
+seed, depend on that file and train from it and their seed, and from nothing else (conf/ gives them only where
+files go, how runs are tracked and the project's description), so editing a description retrains nothing and
+editing a model retrains that project's seeds. Each seed publishes under its own `s<seed>/` folders (outputs/,
+metrics/, plots/). `train` is the same `cnnlab.run.job.train` as the command line, with `publish=true` (the run
+is published to those folders), `registry.register=true` (its model becomes a version of `cnnlab-<project>`,
+the champion if it is the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run
+that had already finished, and registers it if the kill came first). In a queued experiment's temporary copy of
+the repository, the copy's own code and configs run, and the run is tracked in the user's store
+(cnnlab.run.checkout)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
 
 
-PARAMS = {"projects", "data", "seed", "backend", "max_epochs"}
+PARAMS = {"projects", "seeds", "data", "backend", "max_epochs"}
 
 
 def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
@@ -60,9 +62,6 @@ def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     cap = params.get("max_epochs", 0)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         fail(f"{path}: max_epochs", cap, "a non-negative integer (0 = no cap)")
-    seed = params.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        fail(f"{path}: seed", seed, "a non-negative integer")
     if params.get("backend") not in BACKENDS:
         fail(f"{path}: backend", params.get("backend"), f"one of {', '.join(BACKENDS)}")
     projects = params.get("projects")
@@ -73,6 +72,11 @@ def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     twice = sorted({p for p in projects if projects.count(p) > 1})
     if twice:
         fail(f"{path}: projects", projects, f"each project once ({', '.join(twice)} named more than once)")
+    seeds = params.get("seeds")
+    if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) \
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        fail(f"{path}: seeds", seeds, "a list of distinct non-negative integers (training.seed of each project's "
+                                      "runs), e.g. [42, 43, 44]")
     return params
 
 
@@ -88,9 +92,16 @@ def run_overrides(params: dict[str, Any]) -> list[str]:
 
 
 def composed(params: dict[str, Any], project: str) -> dict[str, Any]:
-    """The settings the pipeline trains `project` with: its conf/ settings, params.yaml's seed, epoch cap."""
-    overrides = [f"project={project}", *run_overrides(params), f"training.seed={params['seed']}"]
-    return settings(capped(to_job(compose(overrides))))
+    """The settings the pipeline trains `project` with, the seed aside (each train stage has its own): its conf/
+    settings and params.yaml's epoch cap."""
+    chosen = settings(capped(to_job(compose([f"project={project}", *run_overrides(params)]))))
+    del chosen["training"]["seed"]
+    return chosen
+
+
+def seed_paths(seed: int) -> list[str]:
+    """Overrides that publish a seed's run under its own folders: outputs/s<seed>/<project>/, metrics/s<seed>/..."""
+    return [f"paths.{key}={key}/s{seed}" for key in ("outputs", "metrics", "plots")]
 
 
 @one_line_errors
@@ -100,17 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cnnlab.pipeline", description=__doc__)
     parser.add_argument("stage", choices=["fetch", "prepare", "compose", "train"])
     parser.add_argument("project", nargs="?")
+    parser.add_argument("seed", nargs="?", type=int)
     args = parser.parse_args(argv)
     params = read_params()
     if args.stage == "train":
         if args.project not in params["projects"]:
             parser.error(f"project {args.project!r} is not in params.yaml's projects {params['projects']}")
+        if args.seed not in params["seeds"]:
+            parser.error(f"seed {args.seed!r} is not in params.yaml's seeds {params['seeds']}")
         from cnnlab.run.context import JobContext
         from cnnlab.run.job import train
 
         chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
+        chosen["training"]["seed"] = args.seed
         base = to_job(compose([f"project={args.project}", *run_overrides(params), "publish=true",
-                               "on_finished=skip", "registry.register=true"]))
+                               "on_finished=skip", "registry.register=true", *seed_paths(args.seed)]))
         train(relocated(apply_settings(base, chosen)), JobContext.current())
     elif args.stage == "compose":
         COMPOSED.mkdir(exist_ok=True)

@@ -1,13 +1,19 @@
-"""`python -m cnnlab.report`: the leaderboard of the pipeline's projects, reproduced beside the source.
+"""`python -m cnnlab.report`: the leaderboard of the pipeline's projects over their seeds, reproduced beside the
+source, and which of the source's steps were real.
 
-Reads what the pipeline published for the projects in params.yaml, `metrics/<project>.json` (the figures) and
-`outputs/<project>/run.json` (the MLflow run), and the MLflow registry (each project's champion), and writes
-`reports/leaderboard.md` (project, cnnlab's and the source's test accuracy in percent, difference, params,
-epochs, epoch cap, train time, the data's checksum, device, MLflow run, champion model; above it which data, cap
-and devices the figures come from) and `reports/leaderboard.png`.
+Reads what the pipeline published for each (project, seed) in params.yaml, `metrics/s<seed>/<project>.json` (the
+figures) and `outputs/s<seed>/<project>/run.json` (the MLflow run), and the MLflow registry (each project's
+champion), and writes `reports/leaderboard.md` and `reports/leaderboard.png`:
 
-`python -m cnnlab.report --progress` prints the table of the projects published so far while the pipeline is
-still training (the others: "in progress"), and writes nothing."""
+- per project: the test accuracy's mean, standard deviation, 95 % confidence interval and range over its seeds
+  (cnnlab.run.seeds), the source's figure and whether it lies in the interval;
+- per step (a project and the one it `follows` in its config): the difference of means, its interval from
+  Welch's t-test and a verdict: improvement, regression, or not resolved with these seeds;
+- per run: its seed, figures, machine and MLflow run;
+- the figure: every seed as a point, each project's mean with its interval, the source's figure.
+
+`python -m cnnlab.report --progress` prints the tables of the runs published so far while the pipeline is still
+training, and writes nothing."""
 
 from __future__ import annotations
 
@@ -17,40 +23,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cnnlab.cli import one_line_errors
 from cnnlab.config.compose import compose, to_job
 from cnnlab.errors import UserError
 from cnnlab.pipeline import read_params, run_overrides
 from cnnlab.run import plots
 from cnnlab.run.checkout import relocated, run_own_code
+from cnnlab.run.seeds import Step, step, summarize
 
 UI = "http://127.0.0.1:5000"
 
 
-def load_rows(projects: list[str], metrics_dir: Path, outputs_dir: Path,
+def load_rows(projects: list[str], seeds: list[int], metrics_dir: Path, outputs_dir: Path,
               missing_ok: bool = False) -> list[dict[str, Any]]:
-    """The published figures and run of each project. With `missing_ok`, those published so far, and a project
-    whose figures are committed but whose run folder is not here (a clone: outputs/ is DVC's, not git's) is shown
-    without its run's link."""
+    """The published figures and run of each (project, seed). With `missing_ok`, those published so far, and a
+    run whose figures are committed but whose run folder is not here (a clone: outputs/ is DVC's, not git's) is
+    shown without its run's link."""
     rows = []
     for project in projects:
-        path, trained = metrics_dir / f"{project}.json", outputs_dir / project / "run.json"
-        if missing_ok and not path.exists():
-            continue
-        missing = [str(p) for p in (path, trained) if not p.exists()]
-        if not missing_ok and missing:
-            raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: run "
-                            f"`dvc repro` (it trains and publishes {project})")
-        run = read_json(trained, project) if trained.exists() else {}
-        rows.append({"project": project, **{k: run.get(k) for k in ("device", "mlflow_run_id", "mlflow_experiment_id",
-                                                                     "mlflow_tracking_uri")},
-                     **read_json(path, project)})
+        for seed in seeds:
+            path = metrics_dir / f"s{seed}" / f"{project}.json"
+            trained = outputs_dir / f"s{seed}" / project / "run.json"
+            if missing_ok and not path.exists():
+                continue
+            missing = [str(p) for p in (path, trained) if not p.exists()]
+            if not missing_ok and missing:
+                raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: run "
+                                f"`dvc repro` (it trains and publishes {project} with seed {seed})")
+            run = read_json(trained, project, seed) if trained.exists() else {}
+            rows.append({"project": project, "seed": seed,
+                         **{k: run.get(k) for k in ("device", "machine", "mlflow_run_id", "mlflow_experiment_id",
+                                                    "mlflow_tracking_uri")},
+                         **read_json(path, project, seed)})
     return rows
 
 
-def read_json(path: Path, project: str) -> dict[str, Any]:
+def read_json(path: Path, project: str, seed: int) -> dict[str, Any]:
     """A published JSON object; an empty, corrupt or unreadable one is a UserError naming it and the fix."""
     text = None
     try:
@@ -58,11 +66,24 @@ def read_json(path: Path, project: str) -> dict[str, Any]:
         value = json.loads(text)
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         problem = "empty" if text is not None and not text.strip() else f"not readable JSON ({err})"
-        raise UserError(f"{path} is {problem}: publish {project} again (`dvc repro -f train@{project}`, or "
-                        f"`dvc checkout {path}` for the committed one)") from None
+        raise UserError(f"{path} is {problem}: publish {project} again (`dvc repro -f train@{project}-{seed}`, "
+                        f"or `dvc checkout {path}` for the committed one)") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path} is not a JSON object: publish {project} again (`dvc repro -f train@{project}`)")
+        raise UserError(f"{path} is not a JSON object: publish {project} again "
+                        f"(`dvc repro -f train@{project}-{seed}`)")
     return value
+
+
+def by_project(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each project, in the order they come."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        found.setdefault(row["project"], []).append(row)
+    return found
+
+
+def accuracies(rows: list[dict[str, Any]]) -> list[float]:
+    return [100 * r["test_accuracy"] for r in rows]
 
 
 def ui(row: dict[str, Any]) -> str:
@@ -83,14 +104,19 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def machine(row: dict[str, Any]) -> str:
+    """Where a run computed: the machine it recorded (CPU and instruction set, or GPUs; threads), else its device."""
+    return row.get("machine") or row.get("device") or "not recorded"
+
+
 def provenance(rows: list[dict[str, Any]]) -> str:
     """Which data (source and checksum), which epoch cap and which devices the figures come from."""
     data = sorted({f"{r['data']['name']}, {r['data']['source']}, prepared sha256 {r['data']['sha256'][:12]}"
                    for r in rows})
     caps = sorted({r.get("epoch_cap") or 0 for r in rows})
     cap = "no epoch cap" if caps == [0] else "epochs capped at " + " / ".join(str(c or "none") for c in caps)
-    devices = sorted({r.get("device") or "unknown device" for r in rows})
-    return f"Data: {'; '.join(data)}. {cap[0].upper()}{cap[1:]}. Device: {'; '.join(devices)}."
+    machines = sorted({machine(r) for r in rows})
+    return f"Data: {'; '.join(data)}. {cap[0].upper()}{cap[1:]}. Machines: {'; '.join(machines)}."
 
 
 def epochs(row: dict[str, Any]) -> str:
@@ -100,45 +126,119 @@ def epochs(row: dict[str, Any]) -> str:
     return text if kept is None else f"{text}, kept {kept}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "# Leaderboard", "",
-        "Test accuracy in percent: cnnlab's reproduction beside the source's reported figure, of the weights of "
-        "the kept epoch (the best on validation accuracy). "
-        "The champion is the project's registered model version that is best on validation, not on test. "
-        f"{provenance(rows)} MLflow links go to the run's tracking server, or for the local store to "
-        f"`mlflow ui --backend-store-uri sqlite:///mlflow.db` on {UI}.", "",
-        "| project | cnnlab % | source % | difference | params | epochs | cap | train s | data sha256 | device "
-        "| finished | MLflow run | champion |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _interval(low: float | None, high: float | None, digits: int = 2) -> str:
+    return "–" if low is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def project_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| project | seeds | mean % | std | 95 % CI | min–max | source % | source in CI | params | epochs "
+             "(mean) | train s (mean) | champion |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for project, runs in by_project(rows).items():
+        summary = summarize(accuracies(runs))
+        source = runs[0].get("reported_accuracy")
+        inside = "–" if source is None or summary.low is None else "yes" if summary.holds(100 * source) else "no"
+        std = "–" if summary.std is None else f"{summary.std:.2f}"
+        epochs_mean = sum(r.get("epochs", 0) for r in runs) / len(runs)
+        seconds = sum(r.get("train_seconds") or 0 for r in runs) / len(runs)
+        lines.append(f"| {project.upper()} | {summary.n} | {summary.mean:.2f} | {std} | "
+                     f"{_interval(summary.low, summary.high)} | {summary.min:.2f}–{summary.max:.2f} | {_pct(source)} | "
+                     f"{inside} | {runs[0].get('params', 0):,} | {epochs_mean:.1f} | {seconds:.0f} | "
+                     f"{_champion(project, runs[0].get('champion'), ui(runs[0]))} |")
+    return lines
+
+
+def steps(rows: list[dict[str, Any]], follows: dict[str, str | None]) -> list[Step]:
+    """Each project against the one it follows, where both have published runs."""
+    groups = by_project(rows)
+    return [step(before, after, accuracies(groups[before]), accuracies(groups[after]))
+            for after, before in follows.items() if before in groups and after in groups]
+
+
+def step_table(found: list[Step], descriptions: dict[str, str]) -> list[str]:
+    lines = ["| step | what changed | difference (points) | 95 % CI | p (Welch) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for s in found:
+        p_value = "–" if s.p_value is None else f"{s.p_value:.3f}"
+        lines.append(f"| {s.before.upper()} → {s.after.upper()} | {descriptions.get(s.after, '')} | "
+                     f"{s.difference:+.2f} | {_interval(s.low, s.high)} | {p_value} | {s.verdict} |")
+    return lines
+
+
+def run_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| project | seed | test % | difference to source | epochs | cap | train s | data sha256 | machine | "
+             "finished | MLflow run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours, source = r["test_accuracy"], r.get("reported_accuracy")
         diff = "–" if source is None else f"{100 * (ours - source):+.2f}"
-        run = r.get("mlflow_run_id", "")
+        run = r.get("mlflow_run_id") or ""
         link = f"[{run[:8]}]({ui(r)}/#/experiments/{r.get('mlflow_experiment_id', '')}/runs/{run})" if run else "–"
-        lines.append(f"| {r['project'].upper()} | {_pct(ours)} | {_pct(source)} | {diff} | {r.get('params', 0):,} | "
-                     f"{epochs(r)} | {r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | "
-                     f"{r['data']['sha256'][:12]} | {r.get('device') or '–'} | {(r.get('finished') or '–')[:10]} | "
-                     f"{link} | {_champion(r['project'], r.get('champion'), ui(r))} |")
+        lines.append(f"| {r['project'].upper()} | {r.get('seed', '–')} | {_pct(ours)} | {diff} | {epochs(r)} | "
+                     f"{r.get('epoch_cap') or '–'} | {r.get('train_seconds', '–')} | {r['data']['sha256'][:12]} | "
+                     f"{machine(r)} | {(r.get('finished') or '–')[:10]} | {link} |")
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]], follows: dict[str, str | None] | None = None,
+             descriptions: dict[str, str] | None = None) -> str:
+    found = steps(rows, follows or {})
+    lines = [
+        "# Leaderboard", "",
+        "Test accuracy in percent over each project's seeds: the mean, the sample standard deviation, the 95 % "
+        "confidence interval of the mean (Student's t) and the range, beside the source's reported figure; each "
+        "run's figure is of the weights of its kept epoch (the best on validation accuracy, or the last where a "
+        "project has no validation split). The champion is the project's registered model version that is best "
+        f"on validation, not on test. {provenance(rows)}", "",
+        *project_table(rows), "",
+    ]
+    if found:
+        lines += ["## Which steps were real", "",
+                  "Each project against the one it follows (its config's `project.follows`): the difference of the "
+                  "mean test accuracies, its 95 % confidence interval and p-value from Welch's t-test (unequal "
+                  "variances, scipy), and the verdict: an improvement or a regression where the interval excludes 0, "
+                  "otherwise not resolved with these seeds.", "", *step_table(found, descriptions or {}), ""]
+    lines += ["## Every run", "",
+              "MLflow links go to the run's tracking server, or for the local store to `mlflow ui "
+              f"--backend-store-uri sqlite:///mlflow.db` on {UI}; they open where that store is (the machine that "
+              "trained the run), not in a clone, which has the figures above and the curves under plots/.", "",
+              *run_table(rows)]
     return "\n".join(lines) + "\n"
 
 
 def figure(rows: list[dict[str, Any]]) -> Any:
+    """Every seed as a point, each project's mean with its 95 % interval, the source's figure as a cross."""
     import matplotlib.pyplot as plt
 
-    names = [r["project"].upper() for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(7, len(rows) * 0.8), 4.4))
-    ax.bar(x - 0.2, [100 * r["test_accuracy"] for r in rows], 0.4, label="cnnlab")
-    ax.bar(x + 0.2, [100 * (r.get("reported_accuracy") or 0) for r in rows], 0.4, label="source (0 = not reported)")
-    ax.set_xticks(x, names)
-    ax.set(ylabel="test accuracy %", title="cnnlab vs the source")
-    ax.legend()
+    groups = by_project(rows)
+    fig, ax = plt.subplots(figsize=(max(7, len(groups) * 0.8), 4.6))
+    for x, runs in enumerate(groups.values()):
+        values = accuracies(runs)
+        summary = summarize(values)
+        ax.scatter([x + 0.12] * len(values), values, s=14, color="tab:blue", alpha=0.6,
+                   label="a seed" if x == 0 else None)
+        error = None if summary.low is None else [[summary.mean - summary.low], [summary.high - summary.mean]]
+        ax.errorbar([x], [summary.mean], yerr=error, fmt="o", color="tab:blue", capsize=4,
+                    label="mean, 95 % CI" if x == 0 else None)
+        source = runs[0].get("reported_accuracy")
+        if source is not None:
+            ax.scatter([x - 0.12], [100 * source], marker="x", color="tab:orange",
+                       label="source" if x == 0 or "source" not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xticks(range(len(groups)), [p.upper() for p in groups])
+    ax.set(ylabel="test accuracy %", title="cnnlab over seeds vs the source")
+    ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.text(0.01, 0.01, provenance(rows), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+def projects_described(params: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Which project each one follows, and what it changed (its description), from conf/."""
+    follows, descriptions = {}, {}
+    for project in params["projects"]:
+        described = to_job(compose([f"project={project}", *run_overrides(params)])).project
+        follows[project], descriptions[project] = described.follows, described.description
+    return follows, descriptions
 
 
 @one_line_errors
@@ -149,11 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--progress", action="store_true", help="print the projects published so far, write nothing")
     args = parser.parse_args(argv)
     params = read_params()
-    rows = load_rows(params["projects"], Path("metrics"), Path("outputs"), missing_ok=args.progress)
+    rows = load_rows(params["projects"], params["seeds"], Path("metrics"), Path("outputs"), missing_ok=args.progress)
+    follows, descriptions = projects_described(params)
     if args.progress:
-        done = {r["project"] for r in rows}
-        waiting = [p.upper() for p in params["projects"] if p not in done]
-        print(markdown(rows) + (f"\nIn progress: {', '.join(waiting)}.\n" if waiting else ""))
+        done = {(r["project"], r["seed"]) for r in rows}
+        waiting = [f"{p.upper()} seed {s}" for p in params["projects"] for s in params["seeds"] if (p, s) not in done]
+        print(markdown(rows, follows, descriptions) + (f"\nIn progress: {', '.join(waiting)}.\n" if waiting else ""))
         return
     from cnnlab.tracking.registry import champions
 
@@ -162,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         row["champion"] = versions.get(row["project"])
     out = Path("reports")
     out.mkdir(exist_ok=True)
-    (out / "leaderboard.md").write_text(markdown(rows))
+    (out / "leaderboard.md").write_text(markdown(rows, follows, descriptions))
     plots.save(figure(rows), out / "leaderboard.png")
     print((out / "leaderboard.md").read_text())
 

@@ -1,5 +1,6 @@
-"""Starting the Keras backend: chosen before the first `import keras`, and started quietly on machines without an
-NVIDIA GPU.
+"""Starting the Keras backend: chosen before the first `import keras`, with the thread count and op determinism
+that a run's key records (cnnlab.config.machine) fixed before its runtime starts, and started quietly on
+machines without an NVIDIA GPU.
 
 TensorFlow writes its start-up messages from C++ straight to file descriptor 2, before its own log settings
 are read (TF_CPP_MIN_LOG_LEVEL hides none of them, and level 3 would hide real errors too). So while the backend
@@ -19,8 +20,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cnnlab.config.errors import fail
+from cnnlab.config.machine import usable_cpus
 from cnnlab.config.schema import Backend
 
 NOISE = re.compile(
@@ -72,8 +75,42 @@ def start_backend() -> None:
         keras.distribution.list_devices()
 
 
-def use_backend(backend: str) -> None:
-    """Select the Keras backend and start it (quietly); refuses a backend other than the one already imported."""
+def fix_numerics(name: str, platform: dict[str, Any]) -> None:
+    """Make the backend compute as `platform` says (threads per op, op determinism), before its runtime starts;
+    one line naming the setting when this process already computes otherwise (a job run in-process after another).
+    TensorFlow fixes its thread counts when its runtime starts; PyTorch takes them at
+    any time; JAX's CPU client sizes its own pool (recorded as it is; the docs say so)."""
+    threads, determinism = platform["threads"], platform["op_determinism"]
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # its runtime has started in this process, with the pools it had: checked below
+        running = tf.config.threading.get_intra_op_parallelism_threads() or usable_cpus()
+        if running != threads:
+            fail("threads", threads, f"the {running} threads this process already computes with (TensorFlow "
+                 "fixes them when it starts): run the job in a process of its own")
+        from tensorflow.python.framework import config as tf_config  # its public API can set, not read, this
+
+        if tf_config.is_op_determinism_enabled() and not determinism:
+            fail("deterministic_ops", "disabled", "enabled: op determinism is already on in this process and "
+                 "cannot be turned off; run the job in a process of its own")
+        if determinism:
+            tf.config.experimental.enable_op_determinism()
+    elif name == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(determinism)
+
+
+def use_backend(backend: str, platform: dict[str, Any] | None = None) -> None:
+    """Select the Keras backend and start it (quietly), computing as `platform` says (a run's
+    cnnlab.config.settings.platform_of; None for inference, where the backend's defaults do); refuses a backend
+    other than the one already imported."""
     name = backend.value if isinstance(backend, Backend) else str(backend)
     allowed = [b.value for b in Backend]
     if name not in allowed:
@@ -87,4 +124,7 @@ def use_backend(backend: str) -> None:
             fail("backend", name, f"Keras is already running on {keras.backend.backend()!r} in this process "
                  "(set KERAS_BACKEND or backend= before starting)")
     os.environ["KERAS_BACKEND"] = name
+    if platform is not None:
+        with backend_noise_filtered():
+            fix_numerics(name, platform)
     start_backend()

@@ -25,6 +25,14 @@ class Backend(StrEnum):
     torch = "torch"
 
 
+class DeterministicOps(StrEnum):
+    """one of auto, enabled, disabled (TensorFlow's op determinism; auto: on a GPU only)"""
+
+    auto = "auto"
+    enabled = "enabled"
+    disabled = "disabled"
+
+
 class OnFinished(StrEnum):
     """one of skip, new (what a job does when a run with the same settings has finished)"""
 
@@ -176,6 +184,7 @@ class ProjectConfig:
     id: str = MISSING
     reported_accuracy: float | None = None
     description: str = ""
+    follows: str | None = None  # the project this one changes (the report's step table); describes, decides nothing
 
 
 @dataclass
@@ -212,6 +221,8 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
     backend: Backend = Backend.tensorflow
+    threads: int = 0
+    deterministic_ops: DeterministicOps = DeterministicOps.auto
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     max_epochs: int = 0
     on_finished: OnFinished = OnFinished.skip

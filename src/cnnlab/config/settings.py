@@ -1,9 +1,13 @@
 """What decides a trained model, and the run key made of it.
 
 `settings` is that part of a job: project id, backend, the data's identity, model, augmentation, training and
-selection (which epoch's weights are kept). The key hashes the settings with the versions of Keras and its backend
-and the source of `cnnlab.core`, the code that decides a trained model (and only that code: editing the report,
-the registry, tracking or a CLI leaves every key as it is). Runs with the same key compute the same thing."""
+selection (which epoch's weights are kept). The key hashes the settings with the versions of Keras and its
+backend, the machine's part in the numbers (cnnlab.config.machine: the CPU's instruction-set level or the GPUs,
+the thread count, op determinism) and the cnnlab.core code the job runs (cnnlab.config.code: its syntax without
+docstrings, only the definitions the job reaches; editing the report, the registry, tracking, a CLI, a comment or
+a layer the project does not use leaves its key as it is). Runs with the same key compute the same thing.
+
+A setting left unset (None) is not in the key: a new setting added unset changes no finished run's key."""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ import hashlib
 import importlib.metadata
 import json
 from enum import Enum
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from cnnlab.config.code import installed_code, strings
 from cnnlab.config.errors import fail
+from cnnlab.config.machine import compute_platform
 from cnnlab.config.schema import (
     AugmentationConfig,
     Backend,
@@ -31,7 +35,6 @@ from cnnlab.config.schema import (
     TrainingConfig,
 )
 
-CORE = Path(__file__).resolve().parents[1] / "core"
 BACKEND_PACKAGES = {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}
 
 
@@ -111,15 +114,6 @@ def capped(job: JobConfig) -> JobConfig:
     return dataclasses.replace(job, training=dataclasses.replace(t, epochs=cap, optimizer=optimizer))
 
 
-@cache
-def code_digest() -> str:
-    """sha256 of cnnlab.core's source files: a run trained by other model-deciding code is another result."""
-    digest = hashlib.sha256()
-    for path in sorted(CORE.rglob("*.py")):
-        digest.update(str(path.relative_to(CORE)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def versions(backend: str) -> dict[str, str]:
     """Keras' and its backend's versions: another release can compute another thing."""
     names = ["keras", *BACKEND_PACKAGES.get(backend, [])]
@@ -132,9 +126,39 @@ def versions(backend: str) -> dict[str, str]:
     return found
 
 
+def without_unset(value: Any) -> Any:
+    """`value` without the mappings' entries that are None, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_unset(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_unset(v) for v in value]
+    return value
+
+
+def platform_of(job: JobConfig) -> dict[str, Any]:
+    """The machine's part in the job's numbers (cnnlab.config.machine), with the job's thread and determinism
+    settings resolved."""
+    if job.threads < 0:
+        fail("threads", job.threads, "a non-negative integer (0 = every CPU this process may use)")
+    return compute_platform(job.threads, plain(job.deterministic_ops))
+
+
 def result_key(job: JobConfig) -> str:
-    """A short hash of the settings, the versions and the model-deciding code: runs with the same key compute the
-    same thing."""
+    """A short hash of the settings, the versions, the machine's part and the model-deciding code the job runs:
+    runs with the same key compute the same thing."""
     chosen = settings(job)
-    text = json.dumps({"settings": chosen, "versions": versions(chosen["backend"])}, sort_keys=True) + code_digest()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = json.dumps({"settings": without_unset(chosen), "versions": versions(chosen["backend"]),
+                       "platform": platform_of(job)}, sort_keys=True)
+    code = installed_code().digest(strings(chosen))
+    return hashlib.sha256((text + code).encode()).hexdigest()[:16]
+
+
+def group_key(job: JobConfig) -> str:
+    """A short hash of what decides the model but the seed, with the versions and the code the job runs: the runs
+    of one project's seeds share it (tag `cnnlab.group`), whichever machine trained them, and its group run holds
+    their mean and spread."""
+    chosen = without_unset(settings(job))
+    del chosen["training"]["seed"]
+    text = json.dumps({"settings": chosen, "versions": versions(chosen["backend"])}, sort_keys=True)
+    code = installed_code().digest(strings(chosen))
+    return hashlib.sha256((text + code).encode()).hexdigest()[:16]

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from cnnlab.core.layers import custom_layer
+
 FILL_MODES = ("nearest", "reflect", "constant", "wrap")
 
 
@@ -31,7 +33,7 @@ def _matrices(rows: list[list[Any]]) -> Any:
     return ops.stack([ops.stack(row, axis=-1) for row in full], axis=-2)
 
 
-@keras.saving.register_keras_serializable(package="cnnlab")
+@custom_layer
 class ImageDataGeneratorTransform(keras.layers.Layer):
     """ImageDataGenerator's random transform, per image: one affine (rotation, shift, shear, zoom about the
     image centre) resampled once (bilinear, `fill_mode`), then the channel shift, then the horizontal flip,
@@ -192,7 +194,7 @@ class ImageDataGeneratorTransform(keras.layers.Layer):
         }
 
 
-@keras.saving.register_keras_serializable(package="cnnlab")
+@custom_layer
 class ImageDataGeneratorStandardize(keras.layers.Layer):
     """ImageDataGenerator's `standardize` for each image, in its order: samplewise centre, samplewise std
     (+1e-6), featurewise (per-channel) centre, featurewise std (+1e-6), ZCA whitening. Applied in training and

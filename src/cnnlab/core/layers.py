@@ -1,16 +1,25 @@
-"""Layers Keras 3 lacks: a fast pad-and-shift, and (from cnnlab.generator) the seed's ImageDataGenerator.
-Written with keras.ops so they run on every backend and inside the compiled step; registered so that saved
-models load again (also through MLflow)."""
+"""Layers Keras 3 lacks (a fast pad-and-shift here; the seed's ImageDataGenerator in cnnlab.core.generator), and
+the registry that makes each of cnnlab's layers usable by name in a layer spec. Written with keras.ops so they
+run on every backend and inside the compiled step; registered with Keras too, so that saved models load again
+(also through MLflow)."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-from cnnlab.core.generator import ImageDataGeneratorStandardize, ImageDataGeneratorTransform
+CUSTOM_LAYERS: dict[str, type[keras.layers.Layer]] = {}
 
 
-@keras.saving.register_keras_serializable(package="cnnlab")
+def custom_layer(cls: type[keras.layers.Layer]) -> type[keras.layers.Layer]:
+    """Register one of cnnlab's layers: by its class name for layer specs (`type: RandomPadShift`) and with Keras
+    for loading. A registry filled by this decorator, not a list of the classes: a project then reaches only the
+    layers its specs name, so adding a layer changes no other project's run key (cnnlab.config.code)."""
+    CUSTOM_LAYERS[cls.__name__] = keras.saving.register_keras_serializable(package="cnnlab")(cls)
+    return cls
+
+
+@custom_layer
 class RandomPadShift(keras.layers.Layer):
     """Pad-and-random-shift (the standard CIFAR "random crop" with padding) as batched tensor ops that compile
     into the training step: each image is padded by `pad` pixels and a 32x32 window at a random offset in
@@ -46,8 +55,3 @@ class RandomPadShift(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "pad": self.pad, "mode": self.mode, "seed": self.seed}
 
-
-CUSTOM_LAYERS: dict[str, type[keras.layers.Layer]] = {
-    cls.__name__: cls
-    for cls in (ImageDataGeneratorStandardize, ImageDataGeneratorTransform, RandomPadShift)
-}

@@ -90,7 +90,8 @@ def train(model: Any, data: Dataset, training: TrainingConfig, selection: Select
           ) -> Progress:
     """Train `model` (compiled by `build`) from the checkpoint's last epoch to `training.epochs` or until early
     stopping, with `callbacks` in every epoch's fit and `after_epoch(epoch, logs)` once its checkpoint is saved;
-    the model ends with the kept weights. Returns the final progress."""
+    the model ends with the kept weights. Returns the final progress. Keras prints nothing (its one-epoch fits
+    would count `Epoch 3/3`): the caller's callbacks show the progress."""
     import keras
 
     from cnnlab.core.callbacks import EpochStats
@@ -114,7 +115,7 @@ def train(model: Any, data: Dataset, training: TrainingConfig, selection: Select
             inputs = {"x": DeviceBatches(*device, training.batch_size, order)}
         history = model.fit(**inputs, initial_epoch=epoch, epochs=epoch + 1, validation_data=validation,
                             callbacks=[EpochStats(), keras.callbacks.TerminateOnNaN(), *callbacks,
-                                       *([stopping] if stopping else [])], verbose=2)
+                                       *([stopping] if stopping else [])], verbose=0)
         logs = {key: float(values[-1]) for key, values in history.history.items()}
         if not math.isfinite(logs.get("loss", math.nan)):
             raise TrainingDiverged(f"the loss became {logs.get('loss')} in epoch {epoch + 1}; try a lower "

@@ -10,6 +10,7 @@ from typing import Any
 
 import keras
 
+import cnnlab.core.generator  # noqa: F401  (registers the generator's layers)
 from cnnlab.config.schema import ModelConfig
 from cnnlab.core.layers import CUSTOM_LAYERS
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import plain, settings
+from cnnlab.config.settings import group_key, plain, settings
 from cnnlab.run.context import JobContext
 
 PARENT_TAG = "mlflow.parentRunId"
+GROUP_TAG = "cnnlab.group"
 CHECKOUT_TAG = "cnnlab.checkout"
 
 
@@ -43,6 +44,8 @@ def base_tags(job: JobConfig, context: JobContext) -> dict[str, str]:
         "reported_accuracy": "not reported" if reported is None else f"{reported / 100:.4f}",  # a fraction
         "description": job.project.description,
         "keras_backend": plain(job.backend),
+        "seed": str(job.training.seed),
+        GROUP_TAG: group_key(job),
     }
     if context.checkout is not None:
         tags["git_commit"] = context.checkout.describe()

@@ -15,13 +15,15 @@ from typing import Any
 
 from cnnlab.config.backend import use_backend
 from cnnlab.config.checks import check_buildable, check_job
+from cnnlab.config.machine import describe as describe_machine
 from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import capped, plain
+from cnnlab.config.settings import capped, group_key, plain, platform_of
 from cnnlab.core.data import Dataset, splits
 from cnnlab.run import faults, results
 from cnnlab.run.context import JobContext
 from cnnlab.run.data import DataSpec, check_source, load
 from cnnlab.run.describe import base_tags, run_name, run_params
+from cnnlab.run.seeds import summarize
 from cnnlab.run.signals import signals_interrupt
 from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
@@ -65,7 +67,8 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
     check_source(spec)  # what is wrong with the data source without a download, before anything starts
     with RunState.claim(job) as state:  # before the backend starts: a twin a moment later is refused at once
-        use_backend(job.backend)
+        platform = platform_of(job)
+        use_backend(job.backend, platform)
         check_buildable(job)
         from cnnlab.tracking import registry, runs
         from cnnlab.tracking.epochs import log_datasets
@@ -85,7 +88,8 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         md5 = spec.md5 or "-"
         described = {"data": job.data.name, "data_source": data_source(job), "data_md5": md5,
                      "data_sha256": data.checksum, "epoch_cap": str(job.max_epochs or "none"),
-                     "device": device_name(), **study.run_tags(trial)}
+                     "device": device_name(), "machine": describe_machine(platform),
+                     "cnnlab.platform": json.dumps(platform, sort_keys=True), **study.run_tags(trial)}
         tags = {**base_tags(job, context), **described}
         with runs.job_run(job.tracking, state, experiment_id, run_name(job, state.key, context), tags,
                           run_params(job), adopt=context.launcher_run_id) as run, signals_interrupt():
@@ -103,6 +107,7 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         if job.registry.register:
             registry.register(job.tracking.uri, job.project.id, job.selection, run_id)
         state.clear()
+    update_group(job, experiment_id)
     folder = results.run_folder(job.paths, job.project.id, run_id)
     log.info("%s: test accuracy %.4f after %d epochs in %.1fs; MLflow run %s, its files in %s%s",
              job.project.id, metrics["test_accuracy"], metrics["epochs"], metrics["train_seconds"], run_id, folder,
@@ -198,7 +203,34 @@ def finished(job: JobConfig, context: JobContext, experiment_id: str, state: Run
         registry.register(job.tracking.uri, job.project.id, job.selection, run.info.run_id)
     study.link_run(trial, run.info.run_id)
     _record_in_sweep(context, run.info.run_id)
+    update_group(job, experiment_id)
     return json.loads((folder / "metrics.json").read_text())
+
+
+def update_group(job: JobConfig, experiment_id: str) -> None:
+    """The project's group run (cnnlab.tracking.groups) with the mean and spread of its seeds' figures, as the
+    report computes them (cnnlab.run.seeds). Done again by every job of the group, a reuse included, so a failure
+    here (logged) is mended by running the same command again."""
+    from mlflow.exceptions import MlflowException
+
+    from cnnlab.tracking import groups
+
+    key = group_key(job)
+    try:
+        seeds = groups.seed_runs(experiment_id, key)
+        if not seeds:
+            return
+        metrics: dict[str, float] = {}
+        for name in ("test_accuracy", f"best_{job.selection.metric.value}"):
+            values = [r.data.metrics[name] for r in seeds if name in r.data.metrics]
+            if values:
+                metrics.update(summarize(values).as_metrics(name))
+        n = len(seeds)
+        title = f"{job.project.id} · mean of {n} seed{'s' if n != 1 else ''} test {metrics['test_accuracy_mean']:.1%}"
+        groups.update_group(job.tracking, key, job.project.id, metrics, title, seeds)
+    except MlflowException as err:
+        log.warning("%s: its group run (the mean over seeds) was not updated: %s; run the same command again to "
+                    "update it", job.project.id, err)
 
 
 def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state: RunState, run_id: str,
@@ -221,7 +253,8 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
     checkout = context.checkout
     identity = {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id,
                 "mlflow_tracking_uri": job.tracking.uri, "key": state.key,
-                **{key: described[key] for key in ("device", "data", "data_source", "data_md5", "data_sha256")},
+                **{key: described[key] for key in ("device", "machine", "data", "data_source", "data_md5",
+                                                      "data_sha256")},
                 "epoch_cap": job.max_epochs or None, "params": model.get_layer(job.model.name).count_params(),
                 "early_stopped": progress.stopped,
                 "checkout": None if checkout is None else {"path": checkout.path, "commit": checkout.commit,

@@ -83,7 +83,8 @@ def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any]
         "selection": selection,
         "data": {"name": identity["data"], "source": identity["data_source"], "md5": identity["data_md5"],
                  "sha256": identity["data_sha256"]},
-        "epoch_cap": identity["epoch_cap"], "device": identity["device"], "early_stopped": identity["early_stopped"],
+        "seed": job.training.seed, "epoch_cap": identity["epoch_cap"], "device": identity["device"],
+        "machine": identity["machine"], "early_stopped": identity["early_stopped"],
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -261,7 +261,7 @@ class RunState:
             return None
         import keras
 
-        import cnnlab.core.layers  # noqa: F401  (registers cnnlab's layers for loading)
+        import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
 
         log.info("training had ended before the job stopped: using %s", self.trained_file)
         return keras.saving.load_model(self.trained_file)

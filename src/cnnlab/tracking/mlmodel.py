@@ -57,6 +57,6 @@ def _load_pyfunc(path: str) -> Any:
     os.environ.setdefault("KERAS_BACKEND", saved_backend(path))
     import mlflow.keras.load
 
-    import cnnlab.core.layers  # noqa: F401  registers cnnlab's layers with Keras
+    import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
 
     return mlflow.keras.load._load_pyfunc(path)

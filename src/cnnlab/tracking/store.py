@@ -67,19 +67,12 @@ def open_store(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store, checked first, and make sure the experiment exists (created under
     the store lock, so parallel jobs do not race to create it); returns the experiment id."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = tracking.uri
     check_store(uri)
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        if mlflow.get_experiment_by_name(tracking.experiment) is None:
-            try:
-                mlflow.create_experiment(tracking.experiment, artifact_location=artifact_location(uri))
-            except MlflowException as err:  # on a server, another client's job created it just now
-                if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-        experiment = mlflow.set_experiment(tracking.experiment)
+    ensure_experiment(uri, tracking.experiment)
+    experiment = mlflow.set_experiment(tracking.experiment)
     expected = artifact_location(uri)
     if expected and experiment.artifact_location.startswith("file:") and experiment.artifact_location != expected:
         fail("tracking.uri", uri, f"a store whose experiment {tracking.experiment!r} keeps its artifacts beside "
@@ -87,6 +80,25 @@ def open_store(tracking: TrackingConfig) -> str:
              "new artifacts would land in the old place. Use the store where it was made, or another experiment "
              "(tracking.experiment=...)")
     return experiment.experiment_id
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of the experiment `name` in the store MLflow points at, created under the store lock if missing (so
+    parallel jobs do not race to create it)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with store_lock(uri):
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location(uri))
+            except MlflowException as err:  # on a server, another client's job created it just now
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(name)
+    return found.experiment_id
 
 
 def artifact_location(uri: str) -> str | None:
