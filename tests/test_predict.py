@@ -28,7 +28,7 @@ def predict(tmp_path: Path, *args: str, store: Path) -> subprocess.CompletedProc
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     return done.stderr.strip().splitlines()[-1]
 
@@ -128,7 +128,7 @@ def test_a_hostile_file_is_refused_in_one_line_before_the_model(tmp_path: Path, 
     not exist, which would be the error otherwise); stderr is that one line, no warning above it."""
     make(tmp_path / "x.png")
     done = predict(tmp_path, "models:/cnnlab-p11@champion", "x.png", store=tmp_path / "absent.db")
-    assert one_line_error(done).startswith(f"cnnlab.predict: x.png: {reason}")
+    assert one_line_error(done).startswith(f"error: x.png: {reason}")
     assert done.stderr.count("\n") == 1, done.stderr
 
 
@@ -170,25 +170,25 @@ def test_a_large_image_is_read_in_bounded_memory(tmp_path: Path) -> None:
 def test_a_file_that_is_not_an_image_is_refused_before_the_model(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a picture")
     done = predict(tmp_path, "models:/cnnlab-p11@champion", "notes.txt", store=tmp_path / "absent.db")
-    assert one_line_error(done) == "cnnlab.predict: notes.txt: not an image file Pillow can read (PNG, JPEG, ...)"
+    assert one_line_error(done) == "error: notes.txt: not an image file Pillow can read (PNG, JPEG, ...)"
     missing = one_line_error(predict(tmp_path, "models:/cnnlab-p11@champion", "gone.png", store=tmp_path / "x.db"))
-    assert missing.startswith("cnnlab.predict: gone.png: ") and "No such file" in missing
+    assert missing.startswith("error: gone.png: ") and "No such file" in missing
 
 
 @pytest.mark.system  # three processes that import MLflow
 def test_a_model_uri_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
     error = one_line_error(predict(tmp_path, "models:/cnnlab-p11@champion", "cat.png", store=tmp_path / "none.db"))
-    assert error.startswith("cnnlab.predict: model 'models:/cnnlab-p11@champion': there is no MLflow store")
+    assert error.startswith("error: model 'models:/cnnlab-p11@champion': there is no MLflow store")
     assert not (tmp_path / "none.db").exists(), "looking must not create a store"
 
     store = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{store}").search_experiments()  # an empty store
     error = one_line_error(predict(tmp_path, "models:/cnnlab-p99@champion", "cat.png", store=store))
-    assert error.startswith("cnnlab.predict: model 'models:/cnnlab-p99@champion' not found in sqlite:///")
+    assert error.startswith("error: model 'models:/cnnlab-p99@champion' not found in sqlite:///")
     assert "cnnlab-p99" in error.split(" not found in ")[1]
     error = one_line_error(predict(tmp_path, str(tmp_path / "no-model"), "cat.png", store=store))
-    assert error.startswith(f"cnnlab.predict: model '{tmp_path / 'no-model'}' not found")
+    assert error.startswith(f"error: model '{tmp_path / 'no-model'}' not found")
 
 
 @pytest.mark.system  # a process that imports MLflow
@@ -198,5 +198,5 @@ def test_a_model_that_is_not_a_keras_model_is_refused_before_a_backend_starts(tm
     (tmp_path / "sklearn").mkdir()
     (tmp_path / "sklearn" / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n")
     error = one_line_error(predict(tmp_path, str(tmp_path / "sklearn"), "cat.png", store=tmp_path / "absent.db"))
-    assert error == (f"cnnlab.predict: model '{tmp_path / 'sklearn'}' is not a Keras model "
+    assert error == (f"error: model '{tmp_path / 'sklearn'}' is not a Keras model "
                      "(its MLmodel has no keras flavor)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.errors import UserError
 from cnnlab.report import load_rows, markdown
 from tests.conftest import ROOT
 
@@ -63,7 +64,7 @@ def test_progress_shows_committed_figures_without_their_run_folder_and_the_repor
     text = markdown(rows)
     assert "/#/experiments/1/runs/abcdef0123?workflowType=machine_learning)" in text
     assert "| P01 | 42 | 65.12 | +3.02 |" in text and text.count("runs/abcdef0123") == 1
-    with pytest.raises(SystemExit, match="s42/p01/run.json is missing"):
+    with pytest.raises(UserError, match=r"s42/p01/run.json is missing: run `dvc repro`"):
         load_rows(["p00", "p01"], [42], metrics, outputs)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.run.job import selected_value, train
 from cnnlab.tracking.runs import EPOCH_METRICS
@@ -136,8 +137,11 @@ def test_reevaluate_refuses_a_model_trained_on_other_data_or_that_does_not_fit(t
 
 
 def test_reevaluate_without_a_model_says_how_to_get_one(make_cfg, workdir: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no trained model for project 'p04'.*dvc repro.*evaluate\.model="):
+    with pytest.raises(ConfigError, match=r"no trained model for project 'p04'.*dvc repro.*evaluate\.model="):
         reevaluate(make_cfg("project=p04"), workdir / "evaluation")
+    (workdir / "notes.keras").write_text("not a model")
+    with pytest.raises(ConfigError, match=r"notes\.keras is not a Keras model file.*evaluate\.model="):
+        reevaluate(make_cfg("project=p04", f"evaluate.model={workdir / 'notes.keras'}"), workdir / "evaluation")
 
 
 def test_the_same_settings_again_reuse_the_finished_run_unless_asked_for_a_new_one(trained, make_cfg,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cnnlab.cli import one_line_errors, precheck
+from cnnlab.cli import one_line_errors, precheck, refuse
 from cnnlab.config.backend import use_backend
 from cnnlab.config.checks import check_id
 from cnnlab.config.compose import check_composed, to_job
@@ -49,6 +50,30 @@ def check_recorded_data(model_path: Path, data_name: str, checksum: str | None, 
                            f"{hint}")
 
 
+def model_file(job: JobConfig) -> Path:
+    """The model a job evaluates: evaluate.model, by default the pipeline's `outputs/s<seed>/<project>/model.keras`
+    (as the pipeline publishes it)."""
+    default = Path(job.paths.outputs) / f"s{job.training.seed}" / job.project.id / "model.keras"
+    return Path(job.evaluate.model or default)
+
+
+def check_model_file(model_path: Path, project: str) -> None:
+    """Refuse, before Keras starts, a model file that is missing or not a Keras model file (a `.keras` file is a
+    zip archive with the model's config.json)."""
+    fix = f"run the pipeline (dvc repro) or give one: evaluate.model=runs/{project}/<run id>/model.keras"
+    if not model_path.is_file():
+        what = "a folder, not a model file" if model_path.is_dir() else "no such file"
+        raise ConfigError(f"no trained model for project {project!r} at {model_path} ({what}); {fix}")
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            found = "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        found = False
+    if not found:
+        raise ConfigError(f"{model_path} is not a Keras model file (a .keras file cnnlab or Keras saved, a zip "
+                          f"archive with config.json); {fix}")
+
+
 def check_fits(model: Any, model_path: Path, image_shape: tuple[int, ...], classes: int) -> None:
     """Refuse a model whose input is not the data's image shape or whose output is not one score per class."""
     expected_in, expected_out = (None, *image_shape), (None, classes)
@@ -64,11 +89,8 @@ def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
     else (no MLflow run, nothing published)."""
     check_id("project.id", job.project.id)
     project = job.project.id
-    default = Path(job.paths.outputs) / f"s{job.training.seed}" / project / "model.keras"  # as the pipeline publishes
-    model_path = Path(job.evaluate.model or default)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"no trained model for project {project!r} at {model_path}; run the pipeline "
-                                f"(dvc repro) or give one: evaluate.model=runs/{project}/<run id>/model.keras")
+    model_path = model_file(job)
+    check_model_file(model_path, project)
     allow = job.evaluate.allow_other_data
     check_recorded_data(model_path, job.data.name, None, allow)
     use_backend(job.backend)
@@ -118,7 +140,12 @@ def task(cfg: DictConfig) -> float:
 
 def main() -> None:
     run_own_code("cnnlab.evaluate", sys.argv[1:])
-    precheck(sys.argv[1:], store=False)
+    job = precheck(sys.argv[1:], store=False)
+    if job is not None:  # a model file that is missing or not one: refused before Hydra's app (and MLflow) starts
+        try:
+            check_model_file(model_file(job), job.project.id)
+        except ConfigError as err:
+            refuse(err)
     task()
 
 

@@ -27,6 +27,7 @@ import yaml
 from cnnlab.cli import one_line_errors
 from cnnlab.config.checks import check_id
 from cnnlab.config.compose import compose, to_job
+from cnnlab.config.errors import ConfigError, fail
 from cnnlab.config.schema import Backend
 from cnnlab.config.settings import apply_settings, capped, settings
 from cnnlab.run.checkout import config_overrides, relocated, run_own_code
@@ -37,26 +38,45 @@ COMPOSED = Path("composed")
 log = logging.getLogger(__name__)
 
 
+PARAMS = {"projects", "seeds", "data", "backend", "max_epochs"}
+
+
 def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
-    """params.yaml, checked: every value named with what is allowed."""
-    params = yaml.safe_load(path.read_text())
+    """params.yaml, checked: every value named with what is allowed (ConfigError: one line, exit status 2)."""
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: run the pipeline from the project's folder (it has params.yaml)") \
+            from None
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path} cannot be read as YAML ({' '.join(str(err).split())}): fix it, or "
+                          "`git checkout params.yaml` for the committed one") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: a mapping of {', '.join(sorted(PARAMS))} is needed, got {params!r}")
+    unknown = sorted(set(params) - PARAMS)
+    if unknown:
+        raise ConfigError(f"{path}: {', '.join(unknown)} is not a pipeline parameter; allowed: "
+                          f"{', '.join(sorted(PARAMS))} (each project's own settings are in conf/)")
     if params.get("data") not in ("cifar10", "tiny"):
-        raise SystemExit(f"params.yaml: data={params.get('data')!r} is not allowed: cifar10 or tiny")
+        fail(f"{path}: data", params.get("data"), "cifar10 or tiny")
     cap = params.get("max_epochs", 0)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-        raise SystemExit(f"params.yaml: max_epochs={cap!r} is not allowed: a non-negative integer (0 = no cap)")
+        fail(f"{path}: max_epochs", cap, "a non-negative integer (0 = no cap)")
     if params.get("backend") not in BACKENDS:
-        raise SystemExit(f"params.yaml: backend={params.get('backend')!r} is not allowed: one of {', '.join(BACKENDS)}")
+        fail(f"{path}: backend", params.get("backend"), f"one of {', '.join(BACKENDS)}")
     projects = params.get("projects")
     if not isinstance(projects, list) or not projects:
-        raise SystemExit(f"params.yaml: projects={projects!r} is not allowed: a list of project ids")
+        fail(f"{path}: projects", projects, "a list of project ids")
     for project in projects:
-        check_id("params.yaml: projects", project)
+        check_id(f"{path}: projects", project)
+    twice = sorted({p for p in projects if projects.count(p) > 1})
+    if twice:
+        fail(f"{path}: projects", projects, f"each project once ({', '.join(twice)} named more than once)")
     seeds = params.get("seeds")
     if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) \
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise SystemExit(f"params.yaml: seeds={seeds!r} is not allowed: a list of distinct non-negative integers "
-                         "(training.seed of each project's runs), e.g. [42, 43, 44]")
+        fail(f"{path}: seeds", seeds, "a list of distinct non-negative integers (training.seed of each project's "
+                                      "runs), e.g. [42, 43, 44]")
     return params
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cnnlab.cli import one_line_errors
+from cnnlab.errors import UserError
 from cnnlab.run.checkout import run_own_code
 
 SIZE = (32, 32)
@@ -46,11 +48,8 @@ KEPT = {"RGB", "L", *TO_8_BITS}
 before (alpha and transparency dropped), since Pillow resizes palette and 1-bit images by nearest neighbour."""
 
 
-class PredictError(SystemExit):
-    """A bad input, said in one line on stderr (exit status 1)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"cnnlab.predict: {message}")
+class PredictError(UserError):
+    """A bad input (an image file, a model), said in one line on stderr (exit status 2, cnnlab.cli)."""
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -79,6 +78,8 @@ def resized(path: Path) -> Image.Image:
                 if image.mode not in KEPT:
                     image = image.convert("RGB")
                 return image.resize(SIZE, Image.Resampling.BICUBIC, box=drafted[1] if drafted else None)
+    except PredictError:
+        raise
     except Exception as err:
         raise PredictError(f"{path}: {unreadable(err)}") from None
 
@@ -118,6 +119,7 @@ def top_classes(probabilities: np.ndarray, class_names: list[str], top: int = TO
     return [(class_names[i], float(probabilities[i])) for i in order]
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     run_own_code("cnnlab.predict", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.predict", description=__doc__,

@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cnnlab.cli import one_line_errors
 from cnnlab.config.compose import compose, to_job
+from cnnlab.errors import UserError
 from cnnlab.pipeline import read_params, run_overrides
 from cnnlab.run import plots
 from cnnlab.run.checkout import relocated, run_own_code
@@ -46,10 +48,12 @@ def load_rows(projects: list[str], seeds: list[int], metrics_dir: Path, outputs_
             trained = outputs_dir / f"s{seed}" / project / "run.json"
             if missing_ok and not path.exists():
                 continue
-            if not missing_ok and not (path.exists() and trained.exists()):
-                raise SystemExit(f"{path} or {trained} is missing: run `dvc repro`")
-            figures = json.loads(path.read_text())
-            run = json.loads(trained.read_text()) if trained.exists() else {}
+            missing = [str(p) for p in (path, trained) if not p.exists()]
+            if not missing_ok and missing:
+                raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: run "
+                                f"`dvc repro` (it trains and publishes {project} with seed {seed})")
+            figures = read_json(path, project, seed)
+            run = read_json(trained, project, seed) if trained.exists() else {}
             row = {"project": project, "seed": seed, **figures}
             other = other_run(figures, run) if run else None
             if other is None:
@@ -82,6 +86,22 @@ def other_run(figures: dict[str, Any], run: dict[str, Any]) -> str | None:
             shown = [str(v)[:12] if isinstance(v, str) else v for v in (ours, theirs)]
             return f"{name} {shown[0]} in the figures, {shown[1]} in the run record"
     return None
+
+
+def read_json(path: Path, project: str, seed: int) -> dict[str, Any]:
+    """A published JSON object; an empty, corrupt or unreadable one is a UserError naming it and the fix."""
+    text = None
+    try:
+        text = path.read_text()
+        value = json.loads(text)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = "empty" if text is not None and not text.strip() else f"not readable JSON ({err})"
+        raise UserError(f"{path} is {problem}: publish {project} again (`dvc repro -f train@{project}-{seed}`, "
+                        f"or `dvc checkout {path}` for the committed one)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object: publish {project} again "
+                        f"(`dvc repro -f train@{project}-{seed}`)")
+    return value
 
 
 def by_project(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -260,6 +280,7 @@ def projects_described(params: dict[str, Any]) -> tuple[dict[str, str | None], d
     return follows, descriptions
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     run_own_code("cnnlab.report", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__,

@@ -48,7 +48,7 @@ def task(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     run_own_code("cnnlab.train", sys.argv[1:])
-    precheck(sys.argv[1:])
+    precheck(sys.argv[1:], twin=True)
     task()
 
 

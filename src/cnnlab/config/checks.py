@@ -116,13 +116,24 @@ def _check_data(data: DataConfig, mirror: MirrorConfig) -> None:
 
 
 def _check_paths(job: JobConfig) -> None:
+    """Every folder the job will write, checked writable up front (a read-only one would fail after training):
+    the configured folders, the project's own folders under them, and the artifacts folder of a local store."""
     from cnnlab.run.files import writable_dir
+    from cnnlab.tracking.store import sqlite_file
 
+    project = job.project.id
+    own = {"runs": project, "outputs": project, "plots": project}  # <paths.x>/<project>/ (results.place, publish)
     for key in PATH_KEYS:
         value = getattr(job.paths, key)
-        problem = writable_dir(Path(value))
+        for folder in (Path(value), *([Path(value) / own[key]] if key in own else [])):
+            problem = writable_dir(folder)
+            if problem:
+                fail(f"paths.{key}", value, f"a folder cnnlab can write into ({problem})")
+    database = sqlite_file(job.tracking.uri)
+    if database is not None:  # its runs' artifacts go to mlruns/ beside it (cnnlab.tracking.store.artifact_location)
+        problem = writable_dir(database.parent / "mlruns")
         if problem:
-            fail(f"paths.{key}", value, f"a folder cnnlab can write into ({problem})")
+            fail("tracking.uri", job.tracking.uri, f"a store whose artifacts folder cnnlab can write ({problem})")
 
 
 def check_buildable(job: JobConfig) -> None:
@@ -135,9 +146,17 @@ def check_buildable(job: JobConfig) -> None:
         check_layer_specs(job.augmentation.layers, "augmentation.layers")
         for i, spec in enumerate(job.augmentation.layers):
             build_layer(spec, f"augmentation.layers.{i}")
-        build_model(job.model)
+        built = build_model(job.model)
     except ModelConfigError as err:
         from cnnlab.config.errors import ConfigError
 
         raise ConfigError(str(err)) from err
+    # the head (Dense then softmax) acts on the last axis: layers that leave an image (e.g. none at all) make one
+    # prediction per pixel, which Keras only refuses in fit, after the data, the store and a run
+    shape = tuple(built.output_shape)
+    if shape != (None, job.model.num_classes):
+        layers = [spec.get("type") for spec in job.model.layers]
+        fail("model.layers", layers, "layers whose output is one vector per image (end them in Flatten or a global "
+             f"pooling layer), so the head makes one prediction of {job.model.num_classes} classes per image; "
+             f"these make predictions of shape {shape}")
     make_optimizer(job.training.optimizer, steps_per_epoch=1, epochs=job.training.epochs)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import shutil
+import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +52,28 @@ class DataSpec:
     root: Path
     retries: int = 3
     generate: dict[str, Any] | None = None
+    mirrored: bool = False  # the source is the mirror's (mirror.source, CNNLAB_DATA_SOURCE)
 
     @classmethod
     def from_config(cls, data: DataConfig, mirror: MirrorConfig, root: str | Path) -> DataSpec:
         """From the `data` and `mirror` sections (the mirror is used for downloaded data only) and `paths.data`."""
-        source = mirror.source if data.generate is None and mirror.source else data.source
+        mirrored = bool(data.generate is None and mirror.source)
+        source = mirror.source if mirrored else data.source
         return cls(data.name, str(source), data_md5(data, mirror), data.archive, Path(root), data.download_retries,
-                   plain(data.generate))
+                   plain(data.generate), mirrored)
+
+    @property
+    def source_setting(self) -> str:
+        """The setting that gives the source, as the user set it."""
+        return "mirror.source (CNNLAB_DATA_SOURCE)" if self.mirrored else "data.source"
+
+    @property
+    def hint(self) -> str:
+        """What to do when the source cannot be fetched: fix the mirror given, or give one."""
+        if self.mirrored:
+            return (f"Check {self.source_setting}={self.source!r}: the path of an existing cifar-10-python.tar.gz "
+                    "or a URL this machine can reach, with mirror.md5 (CNNLAB_DATA_MD5) its md5.")
+        return MIRROR_HINT
 
     @property
     def archive_path(self) -> Path:
@@ -95,11 +114,39 @@ def _download(url: str, target: Path) -> None:
                 bar.update(len(block))
 
 
-def _copy_local(source: Path, target: Path) -> None:
+def _copy_local(spec: DataSpec, target: Path) -> None:
+    source = Path(spec.source).expanduser()
     if not source.is_file():
-        raise DataError(f"data source {str(source)!r} is not a file (a local source must be an existing "
-                        f"archive, or give an http(s) URL). {MIRROR_HINT}")
+        raise DataError(_not_a_file(spec))
     shutil.copyfile(source, target)
+
+
+def _not_a_file(spec: DataSpec) -> str:
+    return (f"{spec.source_setting}={spec.source!r} is not a file (a local source must be an existing archive, or "
+            f"give an http(s) URL). {spec.hint}")
+
+
+def _kept(spec: DataSpec, actual: str) -> str:
+    return (f"{spec.archive_path} has md5 {actual}, but the configured archive has md5 {spec.md5}: it is kept as it "
+            "is. Is a mirror's setting missing in this shell (CNNLAB_DATA_SOURCE, CNNLAB_DATA_MD5, or "
+            "conf/local/default.yaml)? To fetch the configured archive instead, remove that file first.")
+
+
+def check_source(spec: DataSpec) -> None:
+    """Refuse now (DataError, before anything starts or is created) what is wrong with the data source without a
+    download: an archive in place with another md5, a local source that is not a file. Nothing to check when the
+    prepared data is there (nothing is fetched then) or the data is generated."""
+    if spec.generate is not None:
+        return
+    info = _read_json(spec.prepared_dir / "info.json")
+    if info is not None and info.get("made_from") == spec.identity and (spec.prepared_dir / "arrays.npz").exists():
+        return
+    if spec.archive_path.exists():
+        actual = file_digest(spec.archive_path)
+        if actual != spec.md5:
+            raise DataError(_kept(spec, actual))
+    elif not _is_url(spec.source) and not Path(spec.source).expanduser().is_file():
+        raise DataError(_not_a_file(spec))
 
 
 def fetch(spec: DataSpec) -> Path:
@@ -109,6 +156,18 @@ def fetch(spec: DataSpec) -> Path:
 
 
 def _fetch(spec: DataSpec) -> Path:
+    """The archive, fetched when missing; a failure leaves no empty folder behind."""
+    made = [f for f in (spec.archive_path.parent, spec.archive_path.parent.parent) if not f.exists()]
+    try:
+        return _fetch_into(spec)
+    except BaseException:
+        for folder in made:  # the archive's folder, then raw/, each only when this call made it and it is empty
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fetch_into(spec: DataSpec) -> Path:
     target = spec.archive_path
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_partials(target.parent, target.name)
@@ -118,9 +177,7 @@ def _fetch(spec: DataSpec) -> Path:
         actual = file_digest(target)
         if actual == spec.md5:
             return target
-        raise DataError(f"{target} has md5 {actual}, but the configured archive has md5 {spec.md5}: it is kept as it "
-                        "is. Is a mirror's setting missing in this shell (CNNLAB_DATA_SOURCE, CNNLAB_DATA_MD5, or "
-                        "conf/local/default.yaml)? To fetch the configured archive instead, remove that file first.")
+        raise DataError(_kept(spec, actual))
     partial = temporary_beside(target)
     error = ""
     for attempt in range(1, spec.retries + 1):
@@ -128,7 +185,10 @@ def _fetch(spec: DataSpec) -> Path:
             if _is_url(spec.source):
                 _download(spec.source, partial)
             else:
-                _copy_local(Path(spec.source).expanduser(), partial)
+                _copy_local(spec, partial)
+        except DataError:
+            partial.unlink(missing_ok=True)
+            raise
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             partial.unlink(missing_ok=True)
             error = f"could not fetch {spec.source}: {err}"
@@ -144,7 +204,7 @@ def _fetch(spec: DataSpec) -> Path:
             delay = 2 ** (attempt - 1)
             log.warning("%s (attempt %d of %d); retrying in %ds", error, attempt, spec.retries, delay)
             time.sleep(delay)
-    raise DataError(f"{error} (after {spec.retries} attempt(s)). {MIRROR_HINT}")
+    raise DataError(f"{error} (after {spec.retries} attempt(s)). {spec.hint}")
 
 
 def _generate(spec: DataSpec) -> Path:
@@ -196,7 +256,12 @@ def prepare(spec: DataSpec) -> Path:
 
 def _prepare(spec: DataSpec) -> None:
     archive = _fetch(spec)
-    arrays, class_names = read_archive(archive)
+    try:
+        arrays, class_names = read_archive(archive)
+    except (tarfile.TarError, EOFError, zlib.error, pickle.UnpicklingError, OSError) as err:
+        raise DataError(f"{archive} is not a readable CIFAR-10 python archive ({type(err).__name__}: {err}), though "
+                        f"its md5 is the configured {spec.md5}: is {spec.source_setting.split()[0]}'s md5 that of a "
+                        "damaged copy? Remove the file and give a good copy with its md5") from None
     folder = spec.prepared_dir
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("arrays.npz", "info.json"):

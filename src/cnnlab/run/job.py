@@ -24,11 +24,11 @@ from cnnlab.config.settings import capped, group_key, plain, platform_of
 from cnnlab.core.data import Dataset, splits
 from cnnlab.run import faults, results
 from cnnlab.run.context import JobContext
-from cnnlab.run.data import DataSpec, load
+from cnnlab.run.data import DataSpec, check_source, load
 from cnnlab.run.describe import base_tags, run_name, run_params
 from cnnlab.run.seeds import summarize
 from cnnlab.run.signals import signals_interrupt
-from cnnlab.run.state import RunState
+from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
 
 log = logging.getLogger(__name__)
@@ -66,22 +66,28 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     context = context or JobContext.current()
     check_job(job)
     job = capped(job)
-    RunState.refuse_if_busy(job)  # a twin job is refused at once, before the backend starts (and creates nothing)
-    platform = platform_of(job)
-    use_backend(job.backend, platform)
-    with configured_overrides():
-        check_buildable(job)
-    from cnnlab.tracking import registry, runs
-    from cnnlab.tracking.epochs import log_datasets
-    from cnnlab.tracking.store import open_store
+    RunState.refuse_if_busy(job)  # a twin job is refused at once (and creates nothing)
+    spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
+    check_source(spec)  # what is wrong with the data source without a download, before anything starts
+    with RunState.claim(job) as state:  # before the backend starts: a twin a moment later is refused at once
+        platform = platform_of(job)
+        use_backend(job.backend, platform)
+        with configured_overrides():
+            check_buildable(job)
+        from cnnlab.tracking import registry, runs
+        from cnnlab.tracking.epochs import log_datasets
+        from cnnlab.tracking.store import open_store
 
-    with RunState.claim(job) as state:
         experiment_id = open_store(job.tracking)
         trial = study.job_trial(job, context)
         done = finished(job, context, experiment_id, state, trial)
         if done is not None:
             return done
-        spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
+        try:
+            state.verify()  # each file checked; a damaged one named, the run continued from what is intact
+        except StateDamaged as err:
+            runs.end_state_runs(experiment_id, state, str(err))
+            raise
         data = load(spec)
         md5 = spec.md5 or "-"
         described = {"data": job.data.name, "data_source": data_source(job), "data_md5": md5,
@@ -246,6 +252,10 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
     evaluation = evaluate_model(model, data.x_test, data.y_test, data.class_names)
     history = state.history(state.epochs_done())
     progress = state.checkpoint.progress()
+    if len(history) != progress.epochs:  # never FINISHED with a history that is not the epochs trained
+        from cnnlab.run.checkpoint import Damaged
+
+        raise Damaged(state.journal, f"it has {len(history)} epochs, but {progress.epochs} were trained")
     kept = None if progress.best_epoch is None else progress.best_epoch + 1  # counted from 1, as Keras' log
     selection = {**plain(job.selection), "value": progress.best_value, "epoch": kept}
     checkout = context.checkout

@@ -27,7 +27,8 @@ from optuna import TrialPruned
 
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.run import faults
-from cnnlab.run.state import RunState
+from cnnlab.run.checkpoint import Damaged
+from cnnlab.run.state import RunState, StateDamaged
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
@@ -86,11 +87,48 @@ def end_abandoned_runs(experiment_id: str) -> None:
             store.set_terminated(run.info.run_id, "KILLED")
 
 
+def state_runs(experiment_id: str, state: RunState) -> list[Any]:
+    """The unfinished runs (RUNNING, KILLED, FAILED; newest first) whose job kept its state in `state`'s folder."""
+    return [run for run in MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{state.key}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"]) if run.data.tags.get(STATE_TAG) == str(state.folder.resolve())]
+
+
+def end_state_runs(experiment_id: str, state: RunState, reason: str) -> None:
+    """End KILLED the RUNNING runs of `state`, whose job is refused: nothing will continue them."""
+    store = MlflowClient()
+    for run in state_runs(experiment_id, state):
+        if run.info.status == "RUNNING":
+            log.warning("run %s is ended KILLED: %s", run.info.run_id, reason)
+            store.set_tag(run.info.run_id, "error", f"abandoned: {reason}"[:5000])
+            store.set_terminated(run.info.run_id, "KILLED")
+
+
+def _record(tracking: TrackingConfig, state: RunState, experiment_id: str) -> dict[str, Any] | None:
+    """The state's record; a damaged one is named and rebuilt from the newest unfinished run whose tags name this
+    state folder (each new run of a state is its newest), or, where there is none, the job is refused
+    (StateDamaged) when the state has epochs to lose, and starts a new run with a warning when it has none."""
+    try:
+        return state.record()
+    except Damaged as damage:
+        found = state_runs(experiment_id, state)
+        if found:
+            run_id = found[0].info.run_id
+            log.warning("%s; its run is %s (the newest tagged with this state folder): continuing it", damage, run_id)
+            state.remember(tracking_uri=tracking.uri, experiment_id=experiment_id, run_id=run_id)
+            return state.record()
+        if state.epochs_done() == 0 and not state.trained_file.exists():
+            log.warning("%s, and the state has no epoch to continue: starting a new run", damage)
+            return None
+        raise StateDamaged(state, damage, f"no unfinished MLflow run of experiment {experiment_id} in "
+                                          f"{tracking.uri} is tagged with this state folder") from None
+
+
 def _resumable(tracking: TrackingConfig, state: RunState, experiment_id: str) -> str | None:
     """The run id in the state's record when that run can be continued; otherwise None, with a log line that says
     why. The state's journal decides, not the run's metrics (system metrics arrive within seconds): the run is
     continued unless it logged epochs that the state no longer has."""
-    record = state.record()
+    record = _record(tracking, state, experiment_id)
     if record is None:
         return None
     run_id, store = record["run_id"], MlflowClient()
@@ -161,7 +199,10 @@ def job_run(tracking: TrackingConfig, state: RunState, experiment_id: str, name:
 
 def _forget(state: RunState) -> None:
     """Start the state afresh; a logged model its old run left PENDING (a killed job) is deleted with it."""
-    record = state.record()
+    try:
+        record = state.record()
+    except Damaged:
+        record = None
     if record is not None and record.get("model_id"):
         with suppress(MlflowException):
             store = MlflowClient()
