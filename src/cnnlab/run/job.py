@@ -71,7 +71,10 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     from cnnlab.tracking.epochs import log_datasets
     from cnnlab.tracking.store import open_store
 
-    with RunState.claim(job) as state:
+    # Ctrl-C and SIGTERM raise Interrupted from here on, whatever this process inherited (a job started with
+    # SIGINT ignored, as `cmd &` in a script starts it, would otherwise ignore a Ctrl-C until training began):
+    # its run, from the instant it exists, ends KILLED and the job exits non-zero (issue #32)
+    with signals_interrupt(), RunState.claim(job) as state:
         experiment_id = open_store(job.tracking)
         trial = study.job_trial(job, context)
         done = finished(job, context, experiment_id, state, trial)
@@ -86,7 +89,7 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
                      "cnnlab.platform": json.dumps(platform, sort_keys=True), **study.run_tags(trial)}
         tags = {**base_tags(job, context), **described}
         with runs.job_run(job.tracking, state, experiment_id, run_name(job, state.key, context), tags,
-                          run_params(job), adopt=context.launcher_run_id) as run, signals_interrupt():
+                          run_params(job), adopt=context.launcher_run_id) as run:
             run_id = run.info.run_id
             _record_in_sweep(context, run_id)
             study.link_run(trial, run_id)
