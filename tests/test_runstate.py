@@ -279,6 +279,27 @@ def test_ctrl_c_right_after_the_run_started_ends_it_killed(workdir: Path, tiny_d
     assert steps(workdir, second.info.run_id, "loss") == [0, 1, 2] and not finished_runs_reused(workdir)
 
 
+
+@pytest.mark.integration
+def test_ctrl_c_right_after_the_run_started_stops_a_job_started_with_sigint_ignored(
+        make_cfg, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that inherits SIGINT ignored (a non-interactive shell starts `cmd &` so; a test run or CI started that
+    way passes it on to every job it starts, and Python then keeps SIGINT ignored) still ends KILLED on a Ctrl-C
+    right after its run started: the job's own handler is in place before the run exists. When it came only after
+    the run had started, this Ctrl-C was ignored and the job trained on and exited 0 (issue #32)."""
+    monkeypatch.setenv(FAILPOINT, "run_started@SIGINT")
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stopped by SIGINT"):
+            train(make_cfg(*JOB))
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN, "the inherited disposition is put back"
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    (run,) = runs(workdir)
+    assert run.info.status == "KILLED" and "stopped by SIGINT" in run.data.tags["error"]
+    assert steps(workdir, run.info.run_id, "loss") == []
+
+
 def finished_runs_reused(workdir: Path) -> bool:
     """Whether a FINISHED run lacks its test evaluation (what on_finished=skip would wrongly reuse)."""
     return any(r.info.status == "FINISHED" and "test_accuracy" not in r.data.metrics for r in runs(workdir))

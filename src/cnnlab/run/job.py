@@ -69,7 +69,11 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     RunState.refuse_if_busy(job)  # a twin job is refused at once (and creates nothing)
     spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
     check_source(spec)  # what is wrong with the data source without a download, before anything starts
-    with RunState.claim(job) as state:  # before the backend starts: a twin a moment later is refused at once
+    # Ctrl-C and SIGTERM raise Interrupted from here on, whatever this process inherited (a job started with
+    # SIGINT ignored, as `cmd &` in a script starts it, would otherwise ignore a Ctrl-C until training began):
+    # its run, from the instant it exists, ends KILLED and the job exits non-zero (issue #32). The state is
+    # claimed before the backend starts: a twin a moment later is refused at once.
+    with signals_interrupt(), RunState.claim(job) as state:
         platform = platform_of(job)
         use_backend(job.backend, platform)
         with configured_overrides():
@@ -96,7 +100,7 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
                      "cnnlab.platform": json.dumps(platform, sort_keys=True), **study.run_tags(trial)}
         tags = {**base_tags(job, context), **described}
         with runs.job_run(job.tracking, state, experiment_id, run_name(job, state.key, context), tags,
-                          run_params(job), adopt=context.launcher_run_id) as run, signals_interrupt():
+                          run_params(job), adopt=context.launcher_run_id) as run:
             run_id = run.info.run_id
             _record_in_sweep(context, run_id)
             study.link_run(trial, run_id)
