@@ -225,7 +225,7 @@ def test_every_sweep_parent_lists_its_jobs_reused_or_continued(tmp_path: Path, t
     (["training.device_data=1"], "training.device_data=1 is not allowed: auto, true or false"),
     (['training.epochs="3"'], "training.epochs='3' is not allowed: an integer (quoted, it is a string)"),
     (["training.epoch=3"], "training.epoch is not allowed: not a key of training"),
-    (["augmentation=nosuch"], "augmentation='nosuch' is not allowed: one of flip_shift, flip_translate, none"),
+    (["augmentation=nosuch"], "augmentation='nosuch' is not allowed: one of airbench, flip_shift, flip_translate"),
     (["project=../../etc"], "project='../../etc' is not allowed: one of p00, p01"),
     (["data=tiny", "data.generate.count=0"], "data.generate.count is not allowed: not a key of data.generate"),
     (["data=tiny", "+data.generate.foo=1"], "data.generate.foo=1 is not allowed: not a key of data.generate"),

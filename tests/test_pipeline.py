@@ -135,7 +135,7 @@ def test_dvc_metrics_plots_and_experiments_show_test_accuracy(repo: Path) -> Non
     assert all("test_accuracy" in files[f]["data"] for f in files)
     sh(repo, "dvc", "plots", "show", "--out", "dvc_plots")
     html = (repo / "dvc_plots" / "index.html").read_text()
-    assert "p05 learning curves" in html and "p05 test confusion matrix" in html
+    assert "p05 seed 42 learning curves" in html and "p05 seed 42 test confusion matrix" in html
     table = sh(repo, "dvc", "exp", "show", "--no-pager", "--md").stdout
     for project in PROJECTS:
         assert f"metrics/s42/{project}.json:test_accuracy" in table
