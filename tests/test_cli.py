@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnnlab.config.backend import has_nvidia_driver
+from cnnlab.config.machine import has_nvidia_driver
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import ROOT, job_env, run_job
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.config.backend import has_nvidia_driver
+from cnnlab.config.machine import has_nvidia_driver
 from cnnlab.predict import read_image
 from cnnlab.run.job import train
 from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for

@@ -19,11 +19,10 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from cnnlab.config.errors import fail
-from cnnlab.config.machine import usable_cpus
+from cnnlab.config.machine import has_nvidia_driver, usable_cpus
 from cnnlab.config.schema import Backend
 
 NOISE = re.compile(
@@ -35,11 +34,6 @@ NOISE = re.compile(
     r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
     r"|^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"
 )
-
-
-def has_nvidia_driver() -> bool:
-    """An NVIDIA kernel driver is loaded (so a GPU could be used and CUDA errors mean something)."""
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def without_noise(text: str) -> str:

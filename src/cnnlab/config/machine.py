@@ -78,9 +78,14 @@ def resolved_threads(threads: int) -> int:
     return threads if threads > 0 else usable_cpus()
 
 
+def has_nvidia_driver() -> bool:
+    """An NVIDIA kernel driver is loaded (so a GPU could be used and CUDA errors mean something)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
 def gpu_names() -> list[str]:
     """The NVIDIA GPUs' names (through NVML, without starting a backend); [] on a machine without a driver."""
-    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()):
+    if not has_nvidia_driver():
         return []
     try:
         import pynvml  # nvidia-ml-py: small, and only on machines with a driver

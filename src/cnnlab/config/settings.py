@@ -143,14 +143,18 @@ def platform_of(job: JobConfig) -> dict[str, Any]:
     return compute_platform(job.threads, plain(job.deterministic_ops))
 
 
+def _hashed(chosen: dict[str, Any], **machine: Any) -> str:
+    """A short hash of settings (`chosen`, unset ones left out), the versions of Keras and its backend, `machine`
+    and the cnnlab.core code the settings reach."""
+    text = json.dumps({"settings": chosen, "versions": versions(chosen["backend"]), **machine}, sort_keys=True)
+    code = installed_code().digest(strings(chosen))
+    return hashlib.sha256((text + code).encode()).hexdigest()[:16]
+
+
 def result_key(job: JobConfig) -> str:
     """A short hash of the settings, the versions, the machine's part and the model-deciding code the job runs:
     runs with the same key compute the same thing."""
-    chosen = settings(job)
-    text = json.dumps({"settings": without_unset(chosen), "versions": versions(chosen["backend"]),
-                       "platform": platform_of(job)}, sort_keys=True)
-    code = installed_code().digest(strings(chosen))
-    return hashlib.sha256((text + code).encode()).hexdigest()[:16]
+    return _hashed(without_unset(settings(job)), platform=platform_of(job))
 
 
 def group_key(job: JobConfig) -> str:
@@ -159,6 +163,4 @@ def group_key(job: JobConfig) -> str:
     their mean and spread."""
     chosen = without_unset(settings(job))
     del chosen["training"]["seed"]
-    text = json.dumps({"settings": chosen, "versions": versions(chosen["backend"])}, sort_keys=True)
-    code = installed_code().digest(strings(chosen))
-    return hashlib.sha256((text + code).encode()).hexdigest()[:16]
+    return _hashed(chosen)
