@@ -179,7 +179,7 @@ def test_a_search_prunes_runs_trials_in_parallel_and_continues_to_n_trials_after
         else:
             assert run.info.status == "FINISHED" and epochs == 2
             assert run.data.metrics["best_val_accuracy"] == trial.value
-    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()], "no state is kept, pruned or not"
+    assert not list((tmp_path / "checkpoints").glob("*/")), "no state is kept, pruned or not"
 
     experiment = store.get_experiment_by_name("cnnlab").experiment_id
     parents = store.search_runs([experiment], "tags.sweep = 'true'", order_by=["attributes.start_time"])
