@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from cnnlab.errors import UserError
 from cnnlab.report import load_rows, markdown
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_env
 
 
 def row(project: str, uri: str, seed: int = 42, accuracy: float = 0.6512) -> dict:
@@ -114,3 +115,23 @@ def test_figures_and_a_run_record_of_another_run_are_not_joined(tmp_path: Path, 
     assert "are not from the same run (mlflow_run_id" in capsys.readouterr().err
     matched = {**same, "mlflow_run_id": "fedcba9876543210", "key": "k-ref"}
     assert "[fedcba98](" in markdown(load_rows(["p00"], [42], *published(tmp_path, newer, matched)))
+
+
+def test_published_writes_the_leaderboard_of_what_is_published_so_far_and_names_the_rest(tmp_path: Path) -> None:
+    """A clone during the long run: committed figures, no run folders, no registry. `--published` writes the
+    leaderboard from them, says which runs are not published yet, and reads no tracking store."""
+    (tmp_path / "params.yaml").write_text(json.dumps({"projects": ["p00", "p01"], "seeds": [42, 43],
+                                                      "data": "tiny", "backend": "tensorflow", "max_epochs": 0}))
+    for project, seed, accuracy in (("p00", 42, 0.61), ("p00", 43, 0.63), ("p01", 42, 0.65)):
+        (tmp_path / "metrics" / f"s{seed}").mkdir(parents=True, exist_ok=True)
+        figures = {k: v for k, v in row(project, "", seed, accuracy).items() if not k.startswith("mlflow_")}
+        (tmp_path / "metrics" / f"s{seed}" / f"{project}.json").write_text(json.dumps(figures))
+    done = subprocess.run([sys.executable, "-m", "cnnlab.report", "--published"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=job_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "| P00 | 2 | 62.00 |" in text and "| P01 | 1 | 65.00 |" in text
+    assert text.rstrip().endswith("Not yet published: P01 seed 43.")
+    assert "Machines: 2-core CPU (no GPU)." in text and "not recorded" not in text, "the figures' own machine"
+    assert (tmp_path / "reports" / "leaderboard.png").stat().st_size > 0
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

@@ -13,7 +13,8 @@ champion), and writes `reports/leaderboard.md` and `reports/leaderboard.png`:
 - the figure: every seed as a point, each project's mean with its interval, the source's figure.
 
 `python -m cnnlab.report --progress` prints the tables of the runs published so far while the pipeline is still
-training, and writes nothing."""
+training, and writes nothing; `--published` writes them (without champions: the registry is where the runs trained,
+and a clone has only the committed figures)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from cnnlab.errors import UserError
 from cnnlab.pipeline import read_params, run_overrides
 from cnnlab.run import plots
 from cnnlab.run.checkout import relocated, run_own_code
+from cnnlab.run.files import write_atomically
 from cnnlab.run.seeds import Step, step, summarize
 from cnnlab.tracking.store import ui_url
 
@@ -56,9 +58,9 @@ def load_rows(projects: list[str], seeds: list[int], metrics_dir: Path, outputs_
             run = read_json(trained, project, seed) if trained.exists() else {}
             row = {"project": project, "seed": seed, **figures}
             other = other_run(figures, run) if run else None
-            if other is None:
-                row.update({k: run.get(k) for k in RUN_KEYS})
-            else:
+            if run and other is None:  # the run's record fills in its link (and what the figures lack)
+                row.update({k: run[k] for k in RUN_KEYS if run.get(k) is not None})
+            elif other is not None:
                 row["other_run"] = f"{trained} is run {str(run.get('mlflow_run_id'))[:8]}, not this row's ({other})"
                 print(f"warning: {path} and {trained} are not from the same run ({other}): the row shows {path}'s "
                       "figures without a run link; `dvc checkout` or `dvc repro` puts the pair back together",
@@ -285,24 +287,31 @@ def main(argv: list[str] | None = None) -> None:
     run_own_code("cnnlab.report", sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--progress", action="store_true", help="print the projects published so far, write nothing")
+    so_far = parser.add_mutually_exclusive_group()
+    so_far.add_argument("--progress", action="store_true", help="print the projects published so far, write nothing")
+    so_far.add_argument("--published", action="store_true",
+                        help="write the leaderboard of the runs published so far (e.g. a clone's committed "
+                             "metrics/ while a long run trains): the missing ones named, no champions")
     args = parser.parse_args(argv)
     params = read_params()
-    rows = load_rows(params["projects"], params["seeds"], Path("metrics"), Path("outputs"), missing_ok=args.progress)
+    partial = args.progress or args.published
+    rows = load_rows(params["projects"], params["seeds"], Path("metrics"), Path("outputs"), missing_ok=partial)
     follows, descriptions = projects_described(params)
+    done = {(r["project"], r["seed"]) for r in rows}
+    waiting = [f"{p.upper()} seed {s}" for p in params["projects"] for s in params["seeds"] if (p, s) not in done]
+    text = markdown(rows, follows, descriptions) + (f"\nNot yet published: {', '.join(waiting)}.\n" if waiting else "")
     if args.progress:
-        done = {(r["project"], r["seed"]) for r in rows}
-        waiting = [f"{p.upper()} seed {s}" for p in params["projects"] for s in params["seeds"] if (p, s) not in done]
-        print(markdown(rows, follows, descriptions) + (f"\nIn progress: {', '.join(waiting)}.\n" if waiting else ""))
+        print(text)
         return
-    from cnnlab.tracking.registry import champions
+    if not args.published:  # the champions are in the registry of the store that trained every run
+        from cnnlab.tracking.registry import champions
 
-    versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
-    for row in rows:
-        row["champion"] = versions.get(row["project"])
+        versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
+        for row in rows:
+            row["champion"] = versions.get(row["project"])
     out = Path("reports")
     out.mkdir(exist_ok=True)
-    (out / "leaderboard.md").write_text(markdown(rows, follows, descriptions))
+    write_atomically(out / "leaderboard.md", lambda tmp: tmp.write_text(text))
     plots.save(figure(rows), out / "leaderboard.png")
     print((out / "leaderboard.md").read_text())
 
