@@ -217,8 +217,14 @@ def _argparse_of(source: Path) -> argparse.ArgumentParser:
     main = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     constants = [s for s in module.body if isinstance(s, ast.Assign) and all(
         isinstance(t, ast.Name) and t.id.isupper() for t in s.targets)]  # MAX_PIXELS and the like, used in help
-    statements = [*constants, *(s for s in main.body if "parser" in ast.unparse(s)
-                                and "parse_args" not in ast.unparse(s))]
+    names = {"parser"}  # and what is made from it (argument groups), in order
+    statements = list(constants)
+    for statement in main.body:
+        text = ast.unparse(statement)
+        if any(re.search(rf"\b{name}\b", text) for name in names) and "parse_args" not in text:
+            statements.append(statement)
+            if isinstance(statement, ast.Assign):
+                names |= {t.id for t in statement.targets if isinstance(t, ast.Name)}
     scope = {"argparse": argparse, "ArgumentParser": argparse.ArgumentParser, "Path": Path, "__doc__": ""}
     exec(compile(ast.Module(statements, []), str(source), "exec"), scope)  # noqa: S102
     return scope["parser"]
