@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import keras
@@ -105,22 +104,24 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_and_the_rerun_continues_it(
 @pytest.mark.system
 def test_a_second_process_with_the_same_settings_is_refused_and_shares_nothing(
         make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
-    first = subprocess.Popen(job_command("cnnlab.train", workdir, tiny_data_dir, *JOB), cwd=ROOT, text=True,
-                             env=job_env(**{FAILPOINT: "mid_epoch:1@SIGSTOP"}), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    log = workdir / "first.log"  # a file, not a pipe: a full pipe would block the job before its failpoint
+    with log.open("w") as out:
+        first = subprocess.Popen(job_command("cnnlab.train", workdir, tiny_data_dir, *JOB), cwd=ROOT,
+                                 env=job_env(**{FAILPOINT: "mid_epoch:1@SIGSTOP"}), stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 300
-        while Path(f"/proc/{first.pid}/stat").read_text().split(") ")[1][0] != "T":  # frozen at the failpoint
-            assert first.poll() is None and time.monotonic() < deadline, "the job never reached its failpoint"
-            time.sleep(0.1)
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns when the job stops itself at the failpoint
+        if not os.WIFSTOPPED(status):  # it ended instead (reaped here: hand its status to Popen)
+            first.returncode = os.waitstatus_to_exitcode(status)
+            pytest.fail(f"the job ended with {first.returncode} before its failpoint: {log.read_text()[-3000:]}")
         with pytest.raises(RunBusy, match="p00 with these settings is being trained by another process"):
             train(make_cfg(*JOB))
         twin = run_job("cnnlab.train", workdir, tiny_data_dir, *JOB)
         assert twin.returncode == 2 and twin.stderr.startswith("error: p00 with these settings is being trained")
         assert len(twin.stderr.strip().splitlines()) == 1, "one line, no traceback"
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-        assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+        if first.returncode is None:
+            os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert_one_complete_run(workdir, epochs=3)
 
 
