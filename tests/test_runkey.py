@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.config.code import CodeBase, strings
-from cnnlab.config.machine import compute_platform, cpu_info, isa_level, op_determinism
+from cnnlab.config.machine import bf16_is_fast, bf16_is_fast_here, compute_platform, cpu_info, isa_level, op_determinism
 from cnnlab.config.settings import result_key, settings, without_unset
 from tests.conftest import ROOT, compose_config
 
@@ -128,6 +128,23 @@ def test_the_instruction_set_level_follows_oneDNN() -> None:
 def test_op_determinism_is_on_where_kernels_do_not_repeat_by_themselves() -> None:
     assert op_determinism("auto", ["NVIDIA H200"]) and not op_determinism("auto", [])
     assert op_determinism("enabled", []) and not op_determinism("disabled", ["NVIDIA H200"])
+
+
+def test_mixed_precision_auto_is_bfloat16_on_a_gpu_or_amx_and_resolved_into_the_settings() -> None:
+    """`auto` (P12, P12_RESNET9) is bfloat16 only where it is fast; the job holds the machine's choice as a bool,
+    so the key and the params say which precision the run computed in; a project with false keeps false."""
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"}
+    amx = avx512 | {"amx_tile", "amx_bf16", "amx_int8"}
+    assert bf16_is_fast(isa_level(amx), []) and bf16_is_fast("avx2", ["NVIDIA H200"])
+    assert not bf16_is_fast(isa_level(avx512), []), "bf16 instructions without AMX: slower than float32"
+    assert not bf16_is_fast(isa_level(amx, "AVX512_CORE_BF16"), []), "AMX capped away by ONEDNN_MAX_CPU_ISA"
+    here = bf16_is_fast_here()
+    for project in ("p12", "p12_resnet9"):
+        job = compose_config(f"project={project}")
+        assert job.training.mixed_precision is here
+        assert settings(job)["training"]["mixed_precision"] is here
+    assert compose_config("project=p11").training.mixed_precision is False
+    assert compose_config("project=p11", "training.mixed_precision=auto").training.mixed_precision is here
 
 
 def test_a_negative_thread_count_is_one_line() -> None:

@@ -86,6 +86,7 @@ def _check_training(t: TrainingConfig) -> None:
     _fraction(t.label_smoothing, "training.label_smoothing")
     _auto_or_bool(t.device_data, "training.device_data")
     _auto_or_bool(t.jit_compile, "training.jit_compile")
+    _auto_or_bool(t.mixed_precision, "training.mixed_precision")
     monitor = t.early_stopping.monitor.value
     if monitor.startswith("val_") and t.early_stopping.enabled and t.validation_split == 0:
         fail("training.early_stopping.monitor", monitor,

@@ -22,6 +22,7 @@ from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode
 
 from cnnlab.config import schema
 from cnnlab.config.errors import ConfigError
+from cnnlab.config.machine import bf16_is_fast_here
 from cnnlab.config.schema import JobConfig
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
@@ -55,9 +56,14 @@ def compose(overrides: Sequence[str] = (), config_dir: Path = CONF) -> DictConfi
 
 
 def to_job(cfg: DictConfig) -> JobConfig:
-    """The typed job (dataclasses, enums) from a composed config; interpolations are resolved here."""
+    """The typed job (dataclasses, enums) from a composed config; interpolations are resolved here, and so is
+    `training.mixed_precision: auto` (the machine's choice, `machine.bf16_is_fast_here`), so that what decides the
+    run's numbers is in its settings, key and params as true or false."""
     with composition_errors():
-        return OmegaConf.to_object(cfg)
+        job = OmegaConf.to_object(cfg)
+    if job.training.mixed_precision == "auto":
+        job.training.mixed_precision = bf16_is_fast_here()
+    return job
 
 
 def check_composed(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -113,6 +113,20 @@ def _machine() -> tuple[str, str, list[str]]:
     return model, isa_level(flags, os.environ.get("ONEDNN_MAX_CPU_ISA")), gpu_names()
 
 
+def bf16_is_fast(isa: str, gpus: list[str]) -> bool:
+    """Whether mixed bfloat16 pays: on a GPU, or on a CPU whose oneDNN level (`isa_level`) has AMX units. Measured
+    (issue #31, docs/benchmarks.md): on CPUs without AMX, mixed bfloat16 trains at half the speed of float32 or
+    less; with AMX, 1.4-3.2x faster. `training.mixed_precision: auto` is this for the machine the job runs on,
+    resolved when the job is made, so the run's key and params hold the choice (true or false), and the key's
+    machine part says why."""
+    return bool(gpus) or isa == "avx512_core_amx"
+
+
+def bf16_is_fast_here() -> bool:
+    _, isa, gpus = _machine()
+    return bf16_is_fast(isa, gpus)
+
+
 def compute_platform(threads: int, deterministic_ops: str) -> dict[str, Any]:
     """What of the machine decides a run's numbers: part of its key and recorded with it (tag `cnnlab.platform`)."""
     model, isa, gpus = _machine()
