@@ -82,6 +82,9 @@ def test_unknown_group_option_lists_the_available_ones(override: str, option: st
     ("training.optimizer.learning_rate=inf", r"training\.optimizer\.learning_rate=inf", "a finite number"),
     ("augmentation.layers=[{type:RandomRotation}]", r"augmentation\.layers\.0", "factor"),
     ("data=tiny data.generate.test=0", r"data\.generate\.test", "positive integer"),
+    ("project=p12 training.optimizer.frozen_variables=[whiten/biass]", r"frozen_variables=\['whiten/biass'\]",
+     "paths of the model's trained variables \\(whiten/bias,"),
+    ("project=p12 training.optimizer.frozen_after_steps=-1", "frozen_after_steps=-1", "a number of steps >= 0"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(override: str, key: str, allowed: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}.*{allowed}"):

@@ -116,6 +116,44 @@ def test_the_lookahead_equals_the_hand_computation() -> None:
         np.testing.assert_allclose(ops.convert_to_numpy(variable), w, rtol=1e-5, err_msg=f"step {t}")
 
 
+def test_a_frozen_variable_trains_its_first_steps_then_moves_only_by_the_lookahead() -> None:
+    """airbench94's whitening bias: gradient steps and weight decay for the first n steps, none after; the lookahead
+    still averages it. The other variables compute what they compute without the freeze."""
+    steps, frozen_after, every, lr, wd, momentum = 7, 2, 3, 0.1, 0.5, 0.9
+    gradients = rng.normal(size=(steps, 2, 3)).astype("float32")
+
+    def run(**freeze):
+        bias = keras.Variable(np.array([1.0, -2.0, 0.5], "float32"), name="bias")
+        kernel = keras.Variable(np.array([0.3, 0.2, -0.1], "float32"), name="kernel")
+        optimizer = RecipeSGD(learning_rate=lr, momentum=momentum, weight_decay=wd, total_steps=steps,
+                              lookahead_every=every, **freeze)
+        trace = []
+        for g in gradients:
+            optimizer.apply([ops.convert_to_tensor(g[0]), ops.convert_to_tensor(g[1])], [bias, kernel])
+            trace.append((ops.convert_to_numpy(bias), ops.convert_to_numpy(kernel)))
+        return trace
+
+    free, frozen = run(), run(frozen_variables=["bias"], frozen_after_steps=frozen_after)
+    w, m = np.array([1.0, -2.0, 0.5]), np.zeros(3)
+    slow = w.copy()
+    for t in range(1, steps + 1):
+        np.testing.assert_allclose(frozen[t - 1][1], free[t - 1][1], rtol=1e-6, err_msg=f"kernel, step {t}")
+        if t <= frozen_after:  # Keras' SGD: decoupled decay, then momentum
+            w = w - w * wd * lr
+            m = momentum * m - lr * gradients[t - 1][0]
+            w = w + m
+        if t % every == 0 or t == steps:
+            decay = 0.95 ** every * (t / steps) ** 3 if t % every == 0 else 1.0
+            slow = slow + (1 - decay) * (w - slow)
+            w = slow
+        np.testing.assert_allclose(frozen[t - 1][0], w, rtol=1e-5, atol=1e-6, err_msg=f"bias, step {t}")
+        if t <= frozen_after:
+            np.testing.assert_allclose(frozen[t - 1][0], free[t - 1][0], rtol=1e-6)
+    assert not np.allclose(frozen[-1][0], free[-1][0]), "without the freeze the bias goes on moving"
+    with pytest.raises(ValueError, match=r"frozen_variables \['whiten/bias'\] are not variables of the model"):
+        RecipeSGD(frozen_variables=["whiten/bias"], frozen_after_steps=1).build([keras.Variable(np.zeros(2))])
+
+
 def test_the_norm_biases_step_with_the_scaled_learning_rate_and_the_others_decay_as_keras() -> None:
     beta = keras.Variable(np.ones(2, "float32"), name="beta")
     kernel = keras.Variable(np.ones(2, "float32"), name="kernel")
@@ -152,7 +190,8 @@ def test_p12_trains_and_saves_with_its_recipe(tmp_path) -> None:
     model = assemble(build_model(model_config("p12")),
                      build_augmentation(augmentation_config("airbench").layers, pixels / np.float32(255), seed=0))
     model.compile(optimizer=RecipeSGD(learning_rate=0.1, momentum=0.85, nesterov=True, lookahead_every=5,
-                                      bias_scaler=64.0, total_steps=6, warmup_fraction=0.23),
+                                      bias_scaler=64.0, total_steps=6, warmup_fraction=0.23,
+                                      frozen_variables=["whiten/bias"], frozen_after_steps=3),
                   loss="categorical_crossentropy")
     model.fit(pixels, labels, batch_size=16, epochs=2, verbose=0)
     model.save(tmp_path / "model.keras")

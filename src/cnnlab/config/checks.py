@@ -7,6 +7,7 @@ refuses them); what is left is meaning: ranges, names, combinations, what Keras 
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -161,3 +162,14 @@ def check_buildable(job: JobConfig) -> None:
              f"pooling layer), so the head makes one prediction of {job.model.num_classes} classes per image; "
              f"these make predictions of shape {shape}")
     make_optimizer(job.training.optimizer, steps_per_epoch=1, epochs=job.training.epochs)
+    opt = job.training.optimizer
+    if opt.frozen_variables:  # else a misspelt path fails at the first step, after the data and the run started
+        paths = sorted(v.path for v in built.trainable_variables)
+        missing = sorted(set(opt.frozen_variables) - set(paths))
+        if missing:
+            near = difflib.get_close_matches(missing[0], paths, n=3) or paths[:3]
+            fail("training.optimizer.frozen_variables", missing,
+                 f"paths of the model's trained variables ({', '.join(near)}, ...)")
+        if opt.frozen_after_steps is None or opt.frozen_after_steps < 0:
+            fail("training.optimizer.frozen_after_steps", opt.frozen_after_steps,
+                 "a number of steps >= 0 (after which the frozen_variables stop training)")

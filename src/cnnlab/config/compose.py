@@ -111,7 +111,7 @@ def _typed_nodes(node: Any, key: str) -> Iterator[tuple[str, DictConfig]]:
         for name in node.keys():
             child = node._get_node(name)
             yield from _typed_nodes(child, f"{key}.{name}" if key else str(name))
-    elif isinstance(node, ListConfig):
+    elif isinstance(node, ListConfig) and not node._is_none():  # an optional list left unset holds nothing
         for i, child in enumerate(node._iter_ex(resolve=False)):
             yield from _typed_nodes(child, f"{key}.{i}")
 

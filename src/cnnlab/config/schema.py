@@ -145,6 +145,8 @@ class OptimizerConfig:
     end_factor: float | None = None
     bias_scaler: float | None = None
     lookahead_every: int | None = None
+    frozen_variables: list[str] | None = None
+    frozen_after_steps: int | None = None
 
 
 @dataclass

@@ -274,12 +274,17 @@ class RecipeSGD(keras.optimizers.SGD):
     - `lookahead_every` k: a slow copy of the weights (starting at the initial weights); after every k-th step it
       moves towards the weights by 1 - decay and the weights are set to it, decay = 0.95^k x (step / total_steps)^3
       (0.95^k without `total_steps`); after step `total_steps` the weights are set to it too (airbench94's
-      lookahead; Keras' own use_ema averages every step and overwrites on its own period)."""
+      lookahead; Keras' own use_ema averages every step and overwrites on its own period);
+    - `frozen_variables` (variable paths, e.g. `whiten/bias`) with `frozen_after_steps` n: those variables train
+      for the first n steps only; after that no gradient step and no weight decay moves them, while lookahead
+      still does (airbench94 trains the whitening bias for 3 epochs, then turns its gradient off; its lookahead
+      averages every tensor of the model). Each is held in a copy taken at the end of every step, and put back
+      after the steps that would move it."""
 
     def __init__(self, learning_rate: Any = 0.01, total_steps: int | None = None,
                  warmup_fraction: float | None = None, start_factor: float | None = None,
                  end_factor: float | None = None, bias_scaler: float | None = None, lookahead_every: int | None = None,
-                 **kwargs):
+                 frozen_variables: list[str] | None = None, frozen_after_steps: int | None = None, **kwargs):
         if total_steps and warmup_fraction is not None and isinstance(learning_rate, int | float):
             learning_rate = LinearWarmupDecay(learning_rate, total_steps, warmup_fraction,
                                               1.0 if start_factor is None else start_factor,
@@ -288,6 +293,8 @@ class RecipeSGD(keras.optimizers.SGD):
         self.total_steps, self.warmup_fraction = total_steps, warmup_fraction
         self.start_factor, self.end_factor = start_factor, end_factor
         self.bias_scaler, self.lookahead_every = bias_scaler, lookahead_every
+        self.frozen_variables = list(frozen_variables or [])
+        self.frozen_after_steps = frozen_after_steps
 
     def build(self, variables):
         if self.built:
@@ -298,13 +305,29 @@ class RecipeSGD(keras.optimizers.SGD):
             self.slow = self.add_optimizer_variables(variables, "lookahead")
             for slow, variable in zip(self.slow, variables, strict=True):
                 slow.assign(variable)
+        self.held = {}  # index of a frozen variable -> its value at the end of the last step
+        if self.frozen_variables and self.frozen_after_steps is not None:
+            paths = [variable.path for variable in variables]
+            missing = sorted(set(self.frozen_variables) - set(paths))
+            if missing:
+                raise ValueError(f"frozen_variables {missing} are not variables of the model (its: {', '.join(paths)})")
+            for index, variable in enumerate(variables):
+                if variable.path in self.frozen_variables:
+                    self.held[index] = self.add_variable_from_reference(variable, "held")
+                    self.held[index].assign(variable)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.bias_scaler and is_norm_bias(variable):
             learning_rate = ops.multiply(learning_rate, self.bias_scaler)
         super().update_step(gradient, variable, learning_rate)
+        held = self.held.get(self._get_variable_index(variable)) if self.held else None
+        if held is not None:  # past its steps: the decay and the step just taken are undone
+            frozen = ops.greater_equal(ops.convert_to_tensor(self.iterations), self.frozen_after_steps)
+            self.assign(variable, ops.where(frozen, held, variable))
         if self.lookahead_every:
             self._lookahead(variable)
+        if held is not None:
+            self.assign(held, variable)
 
     def _lookahead(self, variable):
         k = int(self.lookahead_every)
@@ -324,4 +347,5 @@ class RecipeSGD(keras.optimizers.SGD):
     def get_config(self):
         return {**super().get_config(), "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction,
                 "start_factor": self.start_factor, "end_factor": self.end_factor, "bias_scaler": self.bias_scaler,
-                "lookahead_every": self.lookahead_every}
+                "lookahead_every": self.lookahead_every, "frozen_variables": self.frozen_variables,
+                "frozen_after_steps": self.frozen_after_steps}
