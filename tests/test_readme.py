@@ -212,13 +212,19 @@ def commands() -> Iterator[tuple[str, list[str]]]:
 
 def _argparse_of(source: Path) -> argparse.ArgumentParser:
     """The parser a script's main() builds: its `parser = argparse.ArgumentParser(...)` and `parser.add_argument`
-    statements, run on their own (nothing else of the script is imported or run)."""
+    statements, and those of the groups it makes (`group = parser.add_mutually_exclusive_group()`,
+    `group.add_argument`), run on their own (nothing else of the script is imported or run)."""
     module = ast.parse(source.read_text())
     main = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     constants = [s for s in module.body if isinstance(s, ast.Assign) and all(
         isinstance(t, ast.Name) and t.id.isupper() for t in s.targets)]  # MAX_PIXELS and the like, used in help
-    statements = [*constants, *(s for s in main.body if "parser" in ast.unparse(s)
-                                and "parse_args" not in ast.unparse(s))]
+    names, statements = {"parser"}, list(constants)
+    for statement in main.body:
+        used = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}
+        if used & names and "parse_args" not in ast.unparse(statement):
+            statements.append(statement)
+            if isinstance(statement, ast.Assign):  # the parser, or a group of its arguments
+                names |= {t.id for t in statement.targets if isinstance(t, ast.Name)}
     scope = {"argparse": argparse, "ArgumentParser": argparse.ArgumentParser, "Path": Path, "__doc__": ""}
     exec(compile(ast.Module(statements, []), str(source), "exec"), scope)  # noqa: S102
     return scope["parser"]
