@@ -328,6 +328,33 @@ def test_every_command_exists_and_its_options_parse(conf_with_examples: Path) ->
             raise AssertionError(f"{where}\n  -> {type(err).__name__}: {err}") from err
 
 
+# DVC experiments: the three ways DVC runs one in a temporary copy and applies nothing to the work tree
+KEEPS_THE_WORK_TREE = {"--temp", "--queue", "--run-all"}
+
+
+def experiment_runs() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv) of every `dvc exp run` a reader may copy: a shell block's command, or a code span in the text
+    with options (a bare `dvc exp run` in a sentence names the command)."""
+    for where, argv in commands():
+        if argv[:3] == ["dvc", "exp", "run"]:
+            yield where, argv
+    for page, text in TEXT.items():
+        for span in re.findall(r"`(dvc exp run [^`]+)`", FENCE.sub("", text)):
+            yield f"{_name(page)}: {span}", shlex.split(span)
+
+
+def test_no_dvc_experiment_a_page_gives_overwrites_the_published_results() -> None:
+    """The rule: every `dvc exp run` the pages give has `--temp`, `--queue` or `--run-all`. A plain one runs in the
+    work tree and applies the experiment there, over the published params.yaml, dvc.lock, metrics/, plots/ and
+    reports/ (issue #34); `dvc exp apply <name>` is the deliberate way to take one (docs/pipeline.md).
+    tests/test_quicklook.py runs the quick look, a `--temp` one, in a fresh clone and finds `git status` clean."""
+    runs = list(experiment_runs())
+    assert len(runs) >= 8, runs  # the patterns find the pages' experiments (README, pipeline, configs, team)
+    assert any(where.startswith("docs/configs.md") for where, _ in runs), "a code span in a sentence is found"
+    for where, argv in runs:
+        assert KEEPS_THE_WORK_TREE & set(argv), f"{where}: applies its results over the published ones"
+
+
 @pytest.mark.slow
 def test_the_worked_example_builds_a_model(conf_with_examples: Path) -> None:
     """docs/configs.md's P13, written into conf/, composes into a model Keras builds."""
