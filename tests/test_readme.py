@@ -212,18 +212,18 @@ def commands() -> Iterator[tuple[str, list[str]]]:
 
 def _argparse_of(source: Path) -> argparse.ArgumentParser:
     """The parser a script's main() builds: its `parser = argparse.ArgumentParser(...)` and `parser.add_argument`
-    statements, run on their own (nothing else of the script is imported or run)."""
+    statements, and those of the groups it makes (`group = parser.add_mutually_exclusive_group()`,
+    `group.add_argument`), run on their own (nothing else of the script is imported or run)."""
     module = ast.parse(source.read_text())
     main = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     constants = [s for s in module.body if isinstance(s, ast.Assign) and all(
         isinstance(t, ast.Name) and t.id.isupper() for t in s.targets)]  # MAX_PIXELS and the like, used in help
-    names = {"parser"}  # and what is made from it (argument groups), in order
-    statements = list(constants)
+    names, statements = {"parser"}, list(constants)
     for statement in main.body:
-        text = ast.unparse(statement)
-        if any(re.search(rf"\b{name}\b", text) for name in names) and "parse_args" not in text:
+        used = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}
+        if used & names and "parse_args" not in ast.unparse(statement):
             statements.append(statement)
-            if isinstance(statement, ast.Assign):
+            if isinstance(statement, ast.Assign):  # the parser, or a group of its arguments
                 names |= {t.id for t in statement.targets if isinstance(t, ast.Name)}
     scope = {"argparse": argparse, "ArgumentParser": argparse.ArgumentParser, "Path": Path, "__doc__": ""}
     exec(compile(ast.Module(statements, []), str(source), "exec"), scope)  # noqa: S102
@@ -326,6 +326,33 @@ def test_every_command_exists_and_its_options_parse(conf_with_examples: Path) ->
             check_command(argv, conf_with_examples)
         except Exception as err:
             raise AssertionError(f"{where}\n  -> {type(err).__name__}: {err}") from err
+
+
+# DVC experiments: the three ways DVC runs one in a temporary copy and applies nothing to the work tree
+KEEPS_THE_WORK_TREE = {"--temp", "--queue", "--run-all"}
+
+
+def experiment_runs() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv) of every `dvc exp run` a reader may copy: a shell block's command, or a code span in the text
+    with options (a bare `dvc exp run` in a sentence names the command)."""
+    for where, argv in commands():
+        if argv[:3] == ["dvc", "exp", "run"]:
+            yield where, argv
+    for page, text in TEXT.items():
+        for span in re.findall(r"`(dvc exp run [^`]+)`", FENCE.sub("", text)):
+            yield f"{_name(page)}: {span}", shlex.split(span)
+
+
+def test_no_dvc_experiment_a_page_gives_overwrites_the_published_results() -> None:
+    """The rule: every `dvc exp run` the pages give has `--temp`, `--queue` or `--run-all`. A plain one runs in the
+    work tree and applies the experiment there, over the published params.yaml, dvc.lock, metrics/, plots/ and
+    reports/ (issue #34); `dvc exp apply <name>` is the deliberate way to take one (docs/pipeline.md).
+    tests/test_quicklook.py runs the quick look, a `--temp` one, in a fresh clone and finds `git status` clean."""
+    runs = list(experiment_runs())
+    assert len(runs) >= 8, runs  # the patterns find the pages' experiments (README, pipeline, configs, team)
+    assert any(where.startswith("docs/configs.md") for where, _ in runs), "a code span in a sentence is found"
+    for where, argv in runs:
+        assert KEEPS_THE_WORK_TREE & set(argv), f"{where}: applies its results over the published ones"
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def run_overrides(params: dict[str, Any]) -> list[str]:
     anything)."""
     if os.environ.get("KERAS_BACKEND", params["backend"]) != params["backend"]:
         log.warning("KERAS_BACKEND=%s is ignored by the pipeline, which uses params.yaml's backend=%s "
-                    "(dvc exp run -S backend=...)", os.environ["KERAS_BACKEND"], params["backend"])
+                    "(dvc exp run --temp -S backend=...)", os.environ["KERAS_BACKEND"], params["backend"])
     return [f"data={params['data']}", f"backend={params['backend']}", f"max_epochs={params.get('max_epochs', 0)}",
             *config_overrides()]
 

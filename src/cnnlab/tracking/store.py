@@ -1,8 +1,10 @@
 """The MLflow store: where it is, checked before anything runs (writable sqlite file, or a server that answers
 within 10 s), opened under a lock where it is a local file (MLflow migrates a fresh sqlite store on first open,
 and two processes doing that at once fail, mlflow#4123), and the experiment made sure of: it exists, and it is
-tagged as model training (`mlflow.experimentKind` = `custom_model_development`), so `mlflow ui` opens it on its
-runs table rather than on a GenAI overview of traces.
+tagged as model training (`mlflow.experimentKind` = `custom_model_development`), for UIs that go by the tag. MLflow
+3.17's own UI does not: it opens every experiment in the view of its GenAI / Model training switch (the URL's
+`workflowType`, else the browser's last choice, else GenAI), so cnnlab's links name the view (`ui_url`) and
+docs/tracking.md gives the click path.
 
 MLflow is imported inside the functions, so `sqlite_file` costs nothing to import."""
 
@@ -21,8 +23,8 @@ from cnnlab.config.errors import fail
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.run.files import writable_dir
 
-# The experiment tag MLflow 3's UI picks an experiment's first page by: the runs table for model development (an
-# untagged experiment may open on a GenAI "Overview" of traces, of which cnnlab has none).
+# The experiment tag that says what an experiment is for: model development (the runs table) or GenAI (traces).
+# MLflow 3.17's UI takes an experiment's kind from its GenAI / Model training switch instead (docs/tracking.md).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
 
@@ -125,7 +127,7 @@ def artifact_location(uri: str) -> str | None:
 def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
     """The MLflow UI's page of an experiment's runs table (or of one run) at `base`, in the UI's model-training
     view: MLflow 3.17's UI picks its view from a global GenAI / Model training switch (the URL's `workflowType`,
-    else the browser's last choice, else GenAI), not from the experiment's kind, so a plain experiment link opens a
-    GenAI overview of traces."""
+    else the browser's last choice of the switch, else GenAI), not from the experiment's kind, so a plain
+    experiment link opens a GenAI overview of traces in a browser that never chose."""
     page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
     return f"{page}?workflowType=machine_learning"
