@@ -259,6 +259,7 @@ class RunState:
         """The model kept when `fit` ended, or None when training has not ended yet."""
         if not self.trained_file.exists():
             return None
+        # Keras (and cnnlab.core.models, which imports it) only here, once the job has applied its backend
         import keras
 
         import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)

@@ -25,9 +25,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from cnnlab.config.schema import Direction, SelectionConfig
+from cnnlab.config.schema import Direction, SelectionConfig, sqlite_file
 from cnnlab.run import faults
-from cnnlab.tracking.store import sqlite_file
 
 CHAMPION = "champion"
 CROWN_ATTEMPTS = 10

@@ -29,6 +29,7 @@ from cnnlab.config.schema import TrackingConfig
 from cnnlab.run import faults
 from cnnlab.run.checkpoint import Damaged
 from cnnlab.run.state import RunState, StateDamaged
+from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
@@ -293,8 +294,6 @@ def record_failure(run_id: str, err: BaseException) -> None:
 
 def log_rejected_job(tracking: TrackingConfig, name: str, tags: dict[str, str], err: BaseException) -> None:
     """A sweep job whose config was refused before training still gets a FAILED run saying why."""
-    from cnnlab.tracking.store import open_store
-
     experiment_id = open_store(tracking)
     run = MlflowClient().create_run(experiment_id, run_name=name, tags=tags)
     try:

@@ -4,7 +4,8 @@ and two processes doing that at once fail, mlflow#4123), and the experiment made
 tagged as model training (`mlflow.experimentKind` = `custom_model_development`), so `mlflow ui` opens it on its
 runs table rather than on a GenAI overview of traces.
 
-MLflow is imported inside the functions, so `sqlite_file` costs nothing to import."""
+MLflow is imported inside the functions that open the store: checking it (`check_store`, in every command's check
+of its command line, cnnlab.cli) imports no MLflow, which takes seconds."""
 
 from __future__ import annotations
 
@@ -13,25 +14,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from cnnlab.config.errors import fail
-from cnnlab.config.schema import TrackingConfig
+from cnnlab.config.schema import TrackingConfig, sqlite_file
 from cnnlab.run.files import writable_dir
 
 # The experiment tag MLflow 3's UI picks an experiment's first page by: the runs table for model development (an
 # untagged experiment may open on a GenAI "Overview" of traces, of which cnnlab has none).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a local `sqlite:///` store; None for any other store."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
 
 
 @contextmanager
@@ -74,7 +67,7 @@ def check_store(uri: str) -> None:
 def open_store(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store, checked first, and make sure the experiment exists (created under
     the store lock, so parallel jobs do not race to create it); returns the experiment id."""
-    import mlflow
+    import mlflow  # heavy: see the module's docstring
 
     uri = tracking.uri
     check_store(uri)
@@ -98,7 +91,7 @@ def open_store(tracking: TrackingConfig) -> str:
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of the experiment `name` in the store MLflow points at, created under the store lock if missing (so
     parallel jobs do not race to create it)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: see the module's docstring
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
