@@ -138,6 +138,35 @@ def test_imports_have_no_cycle_counting_those_inside_functions() -> None:
     assert cycles == [], "import cycles:\n" + "\n".join(cycles)
 
 
+def first_imports_inside_functions(tree: ast.Module) -> set[int]:
+    """The line of each import inside a function that does not follow another import (the first of a group)."""
+    firsts = set()
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+        for node in ast.walk(function):
+            for block in (getattr(node, name, None) for name in ("body", "orelse", "finalbody")):
+                previous = None
+                for statement in block if isinstance(block, list) else []:
+                    if isinstance(statement, ast.Import | ast.ImportFrom) \
+                            and not isinstance(previous, ast.Import | ast.ImportFrom):
+                        firsts.add(statement.lineno)
+                    previous = statement
+    return firsts
+
+
+def test_an_import_inside_a_function_says_why() -> None:
+    """An import put off into a function (Keras until the backend is chosen, MLflow or matplotlib past a fast
+    refusal) says why in a comment on its line or the line above, the first of a group of imports; cnnlab.core's
+    are left as they are (the run key hashes their syntax)."""
+    silent = []
+    for name, tree in modules().items():
+        if name.startswith("core/"):
+            continue
+        lines = (PACKAGE / name).read_text().splitlines()
+        silent += [f"{name}:{line} {lines[line - 1].strip()}" for line in sorted(first_imports_inside_functions(tree))
+                   if "#" not in lines[line - 1] and not lines[line - 2].lstrip().startswith("#")]
+    assert silent == [], "imports inside functions without their reason:\n" + "\n".join(silent)
+
+
 def test_top_level_imports_have_no_cycle() -> None:
     trees = modules()
     dotted = {("cnnlab." + name.removesuffix(".py").replace("/", ".")).removesuffix(".__init__"): tree
