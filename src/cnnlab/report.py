@@ -299,16 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     follows, descriptions = projects_described(params)
     done = {(r["project"], r["seed"]) for r in rows}
     waiting = [f"{p.upper()} seed {s}" for p in params["projects"] for s in params["seeds"] if (p, s) not in done]
-    text = markdown(rows, follows, descriptions) + (f"\nNot yet published: {', '.join(waiting)}.\n" if waiting else "")
-    if args.progress:
-        print(text)
-        return
-    if not args.published:  # the champions are in the registry of the store that trained every run
+    if not partial:  # the champions are in the registry of the store that trained every run
         from cnnlab.tracking.registry import champions  # imports MLflow: --progress and --published need none
 
         versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
         for row in rows:
             row["champion"] = versions.get(row["project"])
+    text = markdown(rows, follows, descriptions) + (f"\nNot yet published: {', '.join(waiting)}.\n" if waiting else "")
+    if args.progress:
+        print(text)
+        return
     out = Path("reports")
     out.mkdir(exist_ok=True)
     write_atomically(out / "leaderboard.md", lambda tmp: tmp.write_text(text))
