@@ -80,7 +80,7 @@ def main() -> None:
     import keras
     import mlflow.pyfunc
 
-    from cnnlab.run.job import device_name
+    from cnnlab.job.steps import device_name
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
     keras_model = mlflow.pyfunc.load_model(args.model).get_raw_model()

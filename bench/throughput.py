@@ -197,7 +197,7 @@ def main() -> None:
     import keras
 
     from cnnlab.config.machine import compute_platform, describe
-    from cnnlab.run.job import device_name
+    from cnnlab.job.steps import device_name
 
     print(f"device: {device_name()}, machine: {describe(compute_platform(0, 'disabled'))}, Keras "
           f"{keras.__version__} on {keras.backend.backend()}", flush=True)

@@ -10,10 +10,10 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from cnnlab.config.backend import use_backend
-from cnnlab.config.checks import validate
 from cnnlab.config.compose import compose
 from cnnlab.config.errors import ConfigError
 from cnnlab.config.settings import capped, result_key, settings
+from cnnlab.job.checks import validate
 from cnnlab.run.context import JobContext
 from cnnlab.run.describe import run_name
 from tests.conftest import CONF, compose_config

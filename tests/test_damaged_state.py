@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.job.steps import train
 from cnnlab.run.faults import ENV as FAILPOINT
-from cnnlab.run.job import train
 from tests.conftest import job_env, run_job
 from tests.test_runstate import runs, steps, store
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnlab.job.steps import train
 from cnnlab.report import accuracies, load_rows
-from cnnlab.run.job import train
 from cnnlab.run.seeds import summarize
 
 pytestmark = pytest.mark.integration

@@ -228,7 +228,7 @@ def test_editing_the_report_tracking_registry_or_predict_retrains_nothing(repo: 
     report.write_text(report.read_text().replace('"# Leaderboard"', '"# Leaderboard "'))
     assert stages_run(sh(repo, "dvc", "repro").stdout) == {"report"}
     runs_before = len(mlflow_runs(repo))
-    for name in ("tracking/runs.py", "tracking/registry.py", "predict.py", "run/job.py"):
+    for name in ("tracking/runs.py", "tracking/registry.py", "predict.py", "job/steps.py"):
         module = repo / "src" / "cnnlab" / name
         module.write_text(module.read_text() + "\n# an edit\n")
     assert stages_run(sh(repo, "dvc", "repro").stdout) == set()

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnlab import report
 from cnnlab.config.schema import Direction
-from cnnlab.run.job import train
+from cnnlab.job.steps import train
 from cnnlab.tracking import registry
 from tests.conftest import job_env, run_job
 
@@ -37,8 +37,8 @@ def test_the_best_version_respects_direction_and_a_missing_value() -> None:
 
 
 def test_register_is_refused_without_a_logged_model(make_cfg) -> None:
-    from cnnlab.config.checks import validate
     from cnnlab.config.errors import ConfigError
+    from cnnlab.job.checks import validate
 
     with pytest.raises(ConfigError, match="registry.register"):
         validate(make_cfg(*COMMON, "tracking.log_model=false"))

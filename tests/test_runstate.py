@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from cnnlab.config.errors import ConfigError
 from cnnlab.core.loop import TrainingDiverged
 from cnnlab.evaluate import reevaluate
+from cnnlab.job.steps import train
 from cnnlab.run.faults import ENV as FAILPOINT
-from cnnlab.run.job import train
 from cnnlab.run.state import RunBusy
 from cnnlab.tracking.runs import EPOCH_METRICS
 from cnnlab.tracking.store import open_store

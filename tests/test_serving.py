@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from cnnlab.config.machine import has_nvidia_driver
+from cnnlab.job.steps import train
 from cnnlab.predict import read_image
-from cnnlab.run.job import train
 from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for
 
 pytestmark = pytest.mark.system

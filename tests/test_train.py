@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
-from cnnlab.run.job import selected_value, train
+from cnnlab.job.steps import selected_value, train
 from cnnlab.tracking.runs import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration

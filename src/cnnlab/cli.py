@@ -10,12 +10,21 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from cnnlab.config.compose import CompositionError, compose, to_job
 from cnnlab.config.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cnnlab.config.schema import JobConfig
+from cnnlab.config.schema import JobConfig
+from cnnlab.config.settings import capped
+from cnnlab.core.data import DataError
+from cnnlab.errors import UserError
+from cnnlab.job.checks import check_job
+from cnnlab.run.data import DataSpec, check_source
+from cnnlab.run.state import RunState
+from cnnlab.tracking.store import check_store
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
@@ -23,9 +32,6 @@ def _refusals() -> tuple[type[BaseException], ...]:
     fix: a config value (ConfigError), the data (DataError: source missing or unreachable, another md5, a corrupt
     archive), and everything else (cnnlab.errors.UserError: a run being trained already, a damaged run state, a
     model or metrics file missing or not one)."""
-    from cnnlab.core.data import DataError
-    from cnnlab.errors import UserError
-
     return ConfigError, DataError, UserError
 
 
@@ -56,11 +62,6 @@ def precheck(argv: list[str], store: bool = True, twin: bool = False) -> JobConf
     of the same settings that another process holds), before the Hydra app runs; a refusal ends the command with
     one line. A sweep's varied values are left to its jobs (each refused one is recorded FAILED). Returns the
     checked job of a single run (None otherwise), for a command's own checks."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from cnnlab.config.compose import CompositionError, compose, to_job
-
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
         return None
@@ -76,12 +77,6 @@ def precheck(argv: list[str], store: bool = True, twin: bool = False) -> JobConf
     search = any(o.key_or_group == "hparams_search" for o in parsed)  # a search is a multirun (its config says so)
     if args.multirun or search or len(fixed) != len(parsed):
         return None
-    from cnnlab.config.checks import check_job
-    from cnnlab.config.settings import capped
-    from cnnlab.run.data import DataSpec, check_source
-    from cnnlab.run.state import RunState
-    from cnnlab.tracking.store import check_store
-
     try:
         check_job(job)
         if twin:

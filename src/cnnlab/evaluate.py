@@ -17,12 +17,15 @@ from omegaconf import DictConfig
 
 from cnnlab.cli import one_line_errors, precheck, refuse
 from cnnlab.config.backend import use_backend
-from cnnlab.config.checks import check_id
 from cnnlab.config.compose import check_composed, to_job
 from cnnlab.config.errors import ConfigError
 from cnnlab.config.schema import JobConfig
+from cnnlab.core.evaluation import evaluate_model
+from cnnlab.job.checks import check_id
 from cnnlab.run.checkout import run_own_code
 from cnnlab.run.context import JobContext
+from cnnlab.run.data import DataSpec, load
+from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,11 @@ def reevaluate(job: JobConfig, out_dir: Path) -> dict[str, Any]:
     allow = job.evaluate.allow_other_data
     check_recorded_data(model_path, job.data.name, None, allow)
     use_backend(job.backend)
+    # Keras (and cnnlab.core.models, which imports it) only once the backend is applied; cnnlab.run.results imports
+    # matplotlib: neither is needed to refuse a model file
     import keras
 
     import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
-    from cnnlab.core.evaluation import evaluate_model
-    from cnnlab.run.data import DataSpec, load
     from cnnlab.run.results import write_confusion
 
     data = load(DataSpec.from_config(job.data, job.mirror, job.paths.data))
@@ -126,8 +129,7 @@ def task(cfg: DictConfig) -> float:
     out_dir = Path(context.output_dir)
     metrics = reevaluate(job, out_dir)
     if context.launcher_run_id:  # `mlflow run . -e evaluate`: its run holds the evaluation
-        from cnnlab.tracking.runs import log_evaluation
-        from cnnlab.tracking.store import open_store
+        from cnnlab.tracking.runs import log_evaluation  # imports MLflow: only for `mlflow run`'s evaluation
 
         open_store(job.tracking)
         log_evaluation(context.launcher_run_id, f"{job.project.id} evaluate · {Path(metrics['model']).parent.name}",

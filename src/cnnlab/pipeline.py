@@ -6,7 +6,7 @@ but the seed (cnnlab.config.settings.settings) to `composed/<project>.yaml`: the
 seed, depend on that file and train from it and their seed, and from nothing else (conf/ gives them only where
 files go, how runs are tracked and the project's description), so editing a description retrains nothing and
 editing a model retrains that project's seeds. Each seed publishes under its own `s<seed>/` folders (outputs/,
-metrics/, plots/). `train` is the same `cnnlab.run.job.train` as the command line, with `publish=true` (the run
+metrics/, plots/). `train` is the same `cnnlab.job.steps.train` as the command line, with `publish=true` (the run
 is published to those folders), `registry.register=true` (its model becomes a version of `cnnlab-<project>`,
 the champion if it is the best on validation) and `on_finished=skip` (a stage rerun after a kill reuses a run
 that had already finished, and registers it if the kill came first). In a queued experiment's temporary copy of
@@ -25,12 +25,14 @@ from typing import Any
 import yaml
 
 from cnnlab.cli import one_line_errors
-from cnnlab.config.checks import check_id
 from cnnlab.config.compose import compose, to_job
 from cnnlab.config.errors import ConfigError, fail
 from cnnlab.config.schema import Backend
 from cnnlab.config.settings import apply_settings, capped, settings
+from cnnlab.job.checks import check_id
 from cnnlab.run.checkout import config_overrides, relocated, run_own_code
+from cnnlab.run.context import JobContext
+from cnnlab.run.data import DataSpec, fetch, prepare
 
 BACKENDS = [b.value for b in Backend]
 
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"project {args.project!r} is not in params.yaml's projects {params['projects']}")
         if args.seed not in params["seeds"]:
             parser.error(f"seed {args.seed!r} is not in params.yaml's seeds {params['seeds']}")
-        from cnnlab.run.context import JobContext
-        from cnnlab.run.job import train
+        # the job's steps import MLflow, Optuna, matplotlib and SciPy: the other stages need none of them
+        from cnnlab.job.steps import train
 
         chosen = yaml.safe_load((COMPOSED / f"{args.project}.yaml").read_text())
         chosen["training"]["seed"] = args.seed
@@ -135,8 +137,6 @@ def main(argv: list[str] | None = None) -> None:
             text = yaml.safe_dump(composed(params, project), sort_keys=False)
             (COMPOSED / f"{project}.yaml").write_text(text)
     else:
-        from cnnlab.run.data import DataSpec, fetch, prepare
-
         job = to_job(compose(run_overrides(params)))
         spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
         (fetch if args.stage == "fetch" else prepare)(spec)

@@ -24,8 +24,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.cli import one_line_errors
+from cnnlab.config.backend import use_backend
+from cnnlab.config.errors import ConfigError
 from cnnlab.errors import UserError
 from cnnlab.run.checkout import run_own_code
+from cnnlab.tracking.mlmodel import saved_backend
 
 SIZE = (32, 32)
 TOP = 3
@@ -100,10 +103,6 @@ def start_backend_of(uri: str, local: str) -> None:
     through cnnlab's quiet start, before MLflow's loader imports Keras: on a machine without an NVIDIA driver
     TensorFlow's CUDA probe and oneDNN lines would otherwise be printed; a backend not installed here is one
     line."""
-    from cnnlab.config.backend import use_backend
-    from cnnlab.config.errors import ConfigError
-    from cnnlab.tracking.mlmodel import saved_backend
-
     try:
         saved = saved_backend(local)
     except KeyError:
@@ -130,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     batch = np.stack([read_image(path) for path in args.images])
+    # imports MLflow (seconds): only once the images are read, so a bad file is refused at once
     from cnnlab.tracking.model import ModelNotFound, download, load_pyfunc
 
     try:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PredictError(str(err)) from None
     start_backend_of(args.model, local)
     model = load_pyfunc(local)
-    import keras
+    import keras  # heavy, and only once the model's backend is applied (start_backend_of)
 
     keras.utils.disable_interactive_logging()  # no progress bar on stdout, which has the answers
     probabilities = np.asarray(model.predict(batch))

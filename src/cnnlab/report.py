@@ -125,10 +125,10 @@ def ui(row: dict[str, Any]) -> str:
 
 
 def _champion(project: str, version: str | None, base: str) -> str:
-    from cnnlab.tracking.registry import champion_uri, model_name
-
     if version is None:
         return "–"
+    from cnnlab.tracking.registry import champion_uri, model_name  # imports MLflow: only for a row with a champion
+
     return f"`{champion_uri(project)}` = [version {version}]({base}/#/models/{model_name(project)}/versions/{version})"
 
 
@@ -248,7 +248,7 @@ def markdown(rows: list[dict[str, Any]], follows: dict[str, str | None] | None =
 
 def figure(rows: list[dict[str, Any]]) -> Any:
     """Every seed as a point, each project's mean with its 95 % interval, the source's figure as a cross."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here, after cnnlab.run.plots has chosen the file-only Agg backend
 
     groups = by_project(rows)
     fig, ax = plt.subplots(figsize=(max(7, len(groups) * 0.8), 4.6))
@@ -299,16 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     follows, descriptions = projects_described(params)
     done = {(r["project"], r["seed"]) for r in rows}
     waiting = [f"{p.upper()} seed {s}" for p in params["projects"] for s in params["seeds"] if (p, s) not in done]
-    text = markdown(rows, follows, descriptions) + (f"\nNot yet published: {', '.join(waiting)}.\n" if waiting else "")
-    if args.progress:
-        print(text)
-        return
-    if not args.published:  # the champions are in the registry of the store that trained every run
-        from cnnlab.tracking.registry import champions
+    if not partial:  # the champions are in the registry of the store that trained every run
+        from cnnlab.tracking.registry import champions  # imports MLflow: --progress and --published need none
 
         versions = champions(relocated(to_job(compose(run_overrides(params)))).tracking.uri, params["projects"])
         for row in rows:
             row["champion"] = versions.get(row["project"])
+    text = markdown(rows, follows, descriptions) + (f"\nNot yet published: {', '.join(waiting)}.\n" if waiting else "")
+    if args.progress:
+        print(text)
+        return
     out = Path("reports")
     out.mkdir(exist_ok=True)
     write_atomically(out / "leaderboard.md", lambda tmp: tmp.write_text(text))

@@ -1,5 +1,5 @@
 """`python -m cnnlab.train project=p04 [overrides]`: train one project, evaluate it once on the test set, keep its
-files in `runs/<project>/<run id>/` and track everything in MLflow (the steps: cnnlab.run.job). With `-m` Hydra
+files in `runs/<project>/<run id>/` and track everything in MLflow (the steps: cnnlab.job.steps). With `-m` Hydra
 sweeps; a failing job is recorded FAILED and the sweep goes on."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from cnnlab.cli import one_line_errors, precheck
 from cnnlab.config.compose import check_composed, to_job
 from cnnlab.run.checkout import run_own_code
 from cnnlab.run.context import JobContext
+from cnnlab.run.describe import base_tags
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,11 @@ def task(cfg: DictConfig) -> float | None:
     """Hydra's task: the typed job, trained; returns the run's kept epoch's validation value (what a sweep or
     search optimises). In a sweep, a failed job is logged and recorded FAILED, and the sweep goes on; a pruned
     search trial's TrialPruned goes to the search sweeper, which tells Optuna."""
+    # the job's steps import MLflow, Optuna, matplotlib and SciPy: only inside Hydra's task, after the command
+    # line's check (precheck), so a refused command imports none of them
     from optuna import TrialPruned
 
-    from cnnlab.run.job import selected_value, train
+    from cnnlab.job.steps import selected_value, train
 
     context = JobContext.current()
     check_composed(cfg, context.overrides)
@@ -38,8 +41,7 @@ def task(cfg: DictConfig) -> float | None:
             raise
         log.exception("job %s failed; the sweep goes on", job.project.id)
         if not getattr(err, "mlflow_run_id", None):
-            from cnnlab.run.describe import base_tags
-            from cnnlab.tracking.runs import log_rejected_job
+            from cnnlab.tracking.runs import log_rejected_job  # (MLflow, as above)
 
             log_rejected_job(job.tracking, job.project.id, base_tags(job, context), err)
         return None

@@ -1,2 +1,2 @@
 """cnnlab's config: its typed schema, composition, the settings that decide a trained model (and the run key
-made of them), the checks that run before anything else, and the Keras backend switch."""
+made of them), and the Keras backend switch."""

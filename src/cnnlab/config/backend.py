@@ -64,7 +64,7 @@ def backend_noise_filtered() -> Iterator[None]:
 def start_backend() -> None:
     """Import Keras and list its devices (where TensorFlow probes CUDA) with the start-up noise filtered."""
     with backend_noise_filtered():
-        import keras
+        import keras  # heavy, and it reads KERAS_BACKEND when first imported: only once that is set
 
         keras.distribution.list_devices()
 
@@ -76,7 +76,7 @@ def fix_numerics(name: str, platform: dict[str, Any]) -> None:
     any time; JAX's CPU client sizes its own pool (recorded as it is; the docs say so)."""
     threads, determinism = platform["threads"], platform["op_determinism"]
     if name == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: only the backend the job runs on is imported
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -95,7 +95,7 @@ def fix_numerics(name: str, platform: dict[str, Any]) -> None:
         if determinism:
             tf.config.experimental.enable_op_determinism()
     elif name == "torch":
-        import torch
+        import torch  # heavy: only the backend the job runs on is imported
 
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(determinism)
@@ -112,7 +112,7 @@ def use_backend(backend: str, platform: dict[str, Any] | None = None) -> None:
     if importlib.util.find_spec(name) is None:
         fail("backend", name, f"an installed backend; {name} is not installed here (pip install {name})")
     if "keras" in sys.modules:
-        import keras
+        import keras  # already imported: this only names it
 
         if keras.backend.backend() != name:
             fail("backend", name, f"Keras is already running on {keras.backend.backend()!r} in this process "

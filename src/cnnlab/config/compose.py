@@ -15,6 +15,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, UnionNode
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -45,9 +48,6 @@ class CompositionError(ConfigError, ConfigCompositionException):
 def compose(overrides: Sequence[str] = (), config_dir: Path = CONF) -> DictConfig:
     """The primary config with `overrides`, as `python -m cnnlab.train` would see it (without Hydra's own keys),
     checked (`check_composed`)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     schema.register()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"), composition_errors():
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
@@ -76,8 +76,6 @@ def check_composed(cfg: DictConfig, overrides: Sequence[str]) -> None:
             name = f"{key}.{unknown[0]}" if key else unknown[0]
             raise CompositionError(f"{name}={node[unknown[0]]!r} is not allowed: not a key of {key or 'the config'} "
                                    f"(its keys: {', '.join(sorted(fields))})")
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     with composition_errors():
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     for override in parsed:

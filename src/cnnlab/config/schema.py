@@ -4,13 +4,14 @@ value of the wrong type, naming it. The YAML files under conf/ stay the data; th
 there. Enums list the fixed choices; their docstrings say what is allowed (they are the error messages).
 
 A model or an augmentation is a list of layer specs (`{type: <keras.layers class>, ...arguments}`): open
-mappings, checked by building them (cnnlab.config.checks), not by a schema. A field's `allowed` metadata is the
+mappings, checked by building them (cnnlab.job.checks), not by a schema. A field's `allowed` metadata is the
 error message for a value its type cannot say (a union)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -186,6 +187,13 @@ class TrackingConfig:
     log_model: bool = True
     system_metrics: bool = True
     system_metrics_interval: float = 10.0
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local `sqlite:///` store (a `tracking.uri`); None for any other store."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
 
 
 @dataclass

@@ -23,15 +23,28 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from cnnlab.config.schema import JobConfig
-from cnnlab.run.context import Checkout
+import cnnlab
+from cnnlab.config.schema import JobConfig, sqlite_file
 
 log = logging.getLogger(__name__)
 SHARED_PATHS = ("runs", "checkpoints")
 REEXEC_ENV = "CNNLAB_CHECKOUT"
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The checkout a job's code and configs come from: its folder and git commit (dirty: uncommitted changes)."""
+
+    path: str
+    commit: str
+    dirty: bool
+
+    def describe(self) -> str:
+        return self.commit + ("-dirty" if self.dirty else "")
 
 
 def is_project(folder: Path) -> bool:
@@ -51,8 +64,6 @@ def project_of(start: Path) -> Path | None:
 
 def imported_checkout() -> Path:
     """The checkout the running cnnlab package belongs to (`<checkout>/src/cnnlab`)."""
-    import cnnlab
-
     return Path(cnnlab.__file__).resolve().parents[2]
 
 
@@ -108,8 +119,6 @@ def relocated(job: JobConfig) -> JobConfig:
     root = origin()
     if root is None:
         return job
-    from cnnlab.tracking.store import sqlite_file
-
     tracking, paths = job.tracking, job.paths
     store = sqlite_file(tracking.uri)
     if store is not None and not store.is_absolute():

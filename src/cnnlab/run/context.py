@@ -9,20 +9,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from cnnlab.run.checkout import Checkout, current_checkout
+
 SWEEP_RUN_ENV = "CNNLAB_SWEEP_RUN_ID"
 SWEEP_VARIED_ENV = "CNNLAB_SWEEP_VARIED"
-
-
-@dataclass(frozen=True)
-class Checkout:
-    """The checkout a job's code and configs come from: its folder and git commit (dirty: uncommitted changes)."""
-
-    path: str
-    commit: str
-    dirty: bool
-
-    def describe(self) -> str:
-        return self.commit + ("-dirty" if self.dirty else "")
 
 
 @dataclass(frozen=True)
@@ -43,12 +37,6 @@ class JobContext:
     @classmethod
     def current(cls, overrides: list[str] | None = None) -> JobContext:
         """This process's context: Hydra's runtime values when a Hydra app runs, else `overrides` (compose API)."""
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-        from omegaconf import OmegaConf
-
-        from cnnlab.run.checkout import current_checkout
-
         hydra: dict[str, Any] = {}
         if HydraConfig.initialized():
             config = HydraConfig.get()

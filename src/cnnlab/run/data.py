@@ -14,23 +14,24 @@ import logging
 import pickle
 import shutil
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from tqdm import tqdm
 
 from cnnlab.config.schema import DataConfig, MirrorConfig
 from cnnlab.config.settings import data_md5, plain
 from cnnlab.core import synth
 from cnnlab.core.data import DataError, Dataset, read_archive, read_npz, write_npz
-from cnnlab.run.files import atomic_write, remove_partials, temporary_beside
+from cnnlab.run.files import atomic_write, remove_partials, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -178,33 +179,42 @@ def _fetch_into(spec: DataSpec) -> Path:
         if actual == spec.md5:
             return target
         raise DataError(_kept(spec, actual))
-    partial = temporary_beside(target)
-    error = ""
-    for attempt in range(1, spec.retries + 1):
-        try:
-            if _is_url(spec.source):
-                _download(spec.source, partial)
-            else:
-                _copy_local(spec, partial)
-        except DataError:
-            partial.unlink(missing_ok=True)
-            raise
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            partial.unlink(missing_ok=True)
-            error = f"could not fetch {spec.source}: {err}"
+    fetching = Retrying(retry=retry_if_exception_type(_NotFetched), stop=stop_after_attempt(spec.retries),
+                        wait=wait_exponential(multiplier=1, exp_base=2), before_sleep=_retrying(spec), reraise=True)
+    try:
+        fetching(write_atomically, target, lambda partial: _fetch_once(spec, partial))
+    except _NotFetched as err:
+        raise DataError(f"{err} (after {spec.retries} attempt(s)). {spec.hint}") from None
+    log.info("fetched %s (md5 %s)", target, spec.md5)
+    return target
+
+
+class _NotFetched(Exception):
+    """One attempt at fetching the archive failed, as the message says; the next may not (data.download_retries
+    attempts, 1 s, 2 s, 4 s, ... apart)."""
+
+
+def _fetch_once(spec: DataSpec, partial: Path) -> None:
+    """Download or copy the source to `partial` and check its md5 (a DataError, a local source that is not a file,
+    is not tried again)."""
+    try:
+        if _is_url(spec.source):
+            _download(spec.source, partial)
         else:
-            actual = file_digest(partial)
-            if actual == spec.md5:
-                partial.replace(target)
-                log.info("fetched %s (md5 %s)", target, actual)
-                return target
-            partial.unlink()
-            error = f"checksum mismatch for {spec.source}: expected md5 {spec.md5}, got {actual}"
-        if attempt < spec.retries:
-            delay = 2 ** (attempt - 1)
-            log.warning("%s (attempt %d of %d); retrying in %ds", error, attempt, spec.retries, delay)
-            time.sleep(delay)
-    raise DataError(f"{error} (after {spec.retries} attempt(s)). {spec.hint}")
+            _copy_local(spec, partial)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise _NotFetched(f"could not fetch {spec.source}: {err}") from err
+    actual = file_digest(partial)
+    if actual != spec.md5:
+        raise _NotFetched(f"checksum mismatch for {spec.source}: expected md5 {spec.md5}, got {actual}")
+
+
+def _retrying(spec: DataSpec) -> Callable[[RetryCallState], None]:
+    def say(state: RetryCallState) -> None:
+        log.warning("%s (attempt %d of %d); retrying in %ds", state.outcome.exception(), state.attempt_number,
+                    spec.retries, state.next_action.sleep)
+
+    return say
 
 
 def _generate(spec: DataSpec) -> Path:
@@ -215,10 +225,12 @@ def _generate(spec: DataSpec) -> Path:
     made = _read_json(sidecar)
     if target.exists() and made == {"md5": file_digest(target), "generate": spec.generate}:
         return target
-    partial = temporary_beside(target)
-    synth.write_archive(partial, **spec.generate)
-    atomic_write(sidecar, json.dumps({"md5": file_digest(partial), "generate": spec.generate}) + "\n")
-    partial.replace(target)
+
+    def write(partial: Path) -> None:  # the sidecar first: it describes the archive about to be renamed into place
+        synth.write_archive(partial, **spec.generate)
+        atomic_write(sidecar, json.dumps({"md5": file_digest(partial), "generate": spec.generate}) + "\n")
+
+    write_atomically(target, write)
     log.info("generated %s with %s", target, spec.generate)
     return target
 
@@ -267,14 +279,16 @@ def _prepare(spec: DataSpec) -> None:
     for name in ("arrays.npz", "info.json"):
         remove_partials(folder, name)
     target = folder / "arrays.npz"
-    partial = temporary_beside(target)
-    write_npz(partial, arrays)
-    info = {
-        "name": spec.name, "train": len(arrays["x_train"]), "test": len(arrays["x_test"]), "class_names": class_names,
-        "archive_md5": file_digest(archive), "sha256": file_digest(partial, "sha256"), "made_from": spec.identity,
-    }
-    (folder / "info.json").unlink(missing_ok=True)  # never an info.json beside arrays it does not describe
-    partial.replace(target)
+    info: dict[str, Any] = {}
+
+    def write(partial: Path) -> None:
+        write_npz(partial, arrays)
+        info.update({"name": spec.name, "train": len(arrays["x_train"]), "test": len(arrays["x_test"]),
+                     "class_names": class_names, "archive_md5": file_digest(archive),
+                     "sha256": file_digest(partial, "sha256"), "made_from": spec.identity})
+        (folder / "info.json").unlink(missing_ok=True)  # never an info.json beside arrays it does not describe
+
+    write_atomically(target, write)
     atomic_write(folder / "info.json", json.dumps(info, indent=2) + "\n")
     log.info("prepared %s: %d train, %d test images", target, info["train"], info["test"])
 

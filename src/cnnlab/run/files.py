@@ -40,7 +40,7 @@ def temporary_beside(path: Path, tag: str = "") -> Path:
 def remove_partials(folder: Path, name: str) -> None:
     """Delete what earlier, killed writers of `folder/name` left behind (call it holding the lock that makes you
     the only writer of that name)."""
-    for stale in folder.glob(f".{name}.*{PARTIAL}"):
+    for stale in folder.glob(f".{name}.*{PARTIAL}*"):  # (a writer's own ending may follow PARTIAL)
         remove(stale)
 
 

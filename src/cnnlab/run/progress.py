@@ -7,7 +7,7 @@ On a terminal the line is redrawn as batches finish (at most ten times a second)
 captured output) only each epoch's finished line is written. The time left is the epochs still planned times the
 mean epoch time of this process: early stopping may end the run sooner, so it is an upper estimate.
 
-It imports Keras: import it only once the backend is chosen (cnnlab.config.backend.use_backend), as cnnlab.run.job
+It imports Keras: import it only once the backend is chosen (cnnlab.config.backend.use_backend), as cnnlab.job.steps
 does."""
 
 from __future__ import annotations

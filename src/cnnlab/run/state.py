@@ -42,7 +42,7 @@ from cnnlab.config.schema import JobConfig
 from cnnlab.config.settings import result_key
 from cnnlab.errors import UserError
 from cnnlab.run.checkpoint import Backup, Checkpoint, Damaged, file_sha256, journal_epochs, sealed, unseal
-from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside
+from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,7 @@ class RunState:
         """The model kept when `fit` ended, or None when training has not ended yet."""
         if not self.trained_file.exists():
             return None
+        # Keras (and cnnlab.core.models, which imports it) only here, once the job has applied its backend
         import keras
 
         import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)
@@ -268,9 +269,8 @@ class RunState:
 
     def keep_trained(self, model: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / ".trained.partial.keras"
-        model.save(partial)
-        os.replace(partial, self.trained_file)
+        remove_partials(self.folder, self.trained_file.name)  # what a killed keep_trained left
+        write_atomically(self.trained_file, model.save, suffix=".keras")  # Keras wants that ending
         self.remember(trained_sha256=file_sha256(self.trained_file))
 
     def reset(self) -> None:

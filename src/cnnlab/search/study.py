@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from sqlalchemy.engine import make_url
+
 from cnnlab.config.errors import fail
 from cnnlab.config.schema import JobConfig
 from cnnlab.run.context import JobContext
@@ -21,16 +26,12 @@ RUN_ATTR = "mlflow_run_id"
 def storage(url: str) -> Any:
     """Optuna's RDB storage for a SQLAlchemy URL; a sqlite file waits up to a minute for a writer (the sweeper and
     parallel jobs write the same file) instead of failing with "database is locked"."""
-    import optuna
-
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def public_url(url: str) -> str:
     """The storage URL with its password hidden, to be shown in logs and MLflow tags."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -44,10 +45,6 @@ def job_trial(job: JobConfig, context: JobContext) -> Any | None:
         fail("training.validation_split", job.training.validation_split,
              f"a fraction above 0 in a search: its objective, {job.selection.metric.value}, is measured on "
              "validation data")
-    import optuna
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     sweeper = OmegaConf.create(context.sweeper)
     if not sweeper.get("storage") or not sweeper.get("study_name"):
         fail("optuna_trial", number, "only set by the search sweeper (hydra/sweeper=optuna_search), for its jobs")
@@ -80,8 +77,6 @@ def report(trial: Any | None, metric: str, epoch: int, logs: dict[str, float]) -
     (nothing outside a search)."""
     if trial is None or metric not in logs:
         return
-    import optuna
-
     trial.report(float(logs[metric]), step=epoch)
     if trial.should_prune():
         raise optuna.TrialPruned(f"Trial was pruned at epoch {epoch}.")

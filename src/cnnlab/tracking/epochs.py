@@ -4,7 +4,6 @@ epochs a stopped job kept but had not logged yet, and the model's summary."""
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import mlflow
 import mlflow.data
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 
 def log_datasets(run_id: str, splits: dict[str, tuple[Any, Any]], source: Path, name: str, sha256: str) -> None:
@@ -27,16 +27,16 @@ def log_datasets(run_id: str, splits: dict[str, tuple[Any, Any]], source: Path, 
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
             dataset = mlflow.data.from_numpy(images, source=str(source.resolve()), targets=labels,
                                              name=f"{name}-{context}", digest=sha256[:36])
-        for attempt in range(3):
-            try:
-                mlflow.log_input(dataset, context=context, tags={"sha256": sha256})
-                break
-            except MlflowException:
-                # jobs logging the same new dataset at once race in MLflow's check-then-insert (the dataset's
-                # unique key); the next attempt finds the dataset the other job created and only links it
-                if attempt == 2:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+        _log_input(dataset, context, sha256)
+
+
+# Jobs logging the same new dataset at once race in MLflow's check-then-insert (the dataset's unique key); the next
+# attempt finds the dataset the other job created and only links it. Three attempts, 0.5 s then 1 s apart; the
+# third one's MlflowException is raised.
+@retry(retry=retry_if_exception_type(MlflowException), stop=stop_after_attempt(3),
+       wait=wait_incrementing(start=0.5, increment=0.5), reraise=True)
+def _log_input(dataset: Any, context: str, sha256: str) -> None:
+    mlflow.log_input(dataset, context=context, tags={"sha256": sha256})
 
 
 def log_epoch(epoch: int, logs: dict[str, float]) -> None:

@@ -23,6 +23,7 @@ CODE_DIR = "code"
 def requirements(backend: str) -> list[str]:
     """The model's pip requirements, pinned to this environment's versions: Keras, its backend, MLflow, NumPy
     (cnnlab's layers need nothing else)."""
+    # inside a model only MLflow and Keras are installed, not cnnlab's config (Hydra): imported where it logs one
     from cnnlab.config.settings import BACKEND_PACKAGES
 
     names = ["keras", *BACKEND_PACKAGES[backend], "mlflow", "numpy"]
@@ -32,6 +33,7 @@ def requirements(backend: str) -> list[str]:
 def add_cnnlab(local: str) -> None:
     """Copy cnnlab's package into the saved model at `local` and make its pyfunc flavor load through this
     module, with the code folder on sys.path."""
+    # MLflow (seconds to import) only where it is used: cnnlab.predict reads the images before it
     from mlflow.models import Model
     from mlflow.pyfunc import CODE, MAIN
 
@@ -46,7 +48,7 @@ def add_cnnlab(local: str) -> None:
 def saved_backend(path: str) -> str:
     """The Keras backend the model at `path` was saved with, as its MLmodel names it (KeyError: not a Keras
     model)."""
-    from mlflow.models import Model
+    from mlflow.models import Model  # (MLflow only where it is used, as above)
 
     return Model.load(path).flavors["keras"]["keras_backend"]
 
@@ -55,6 +57,7 @@ def _load_pyfunc(path: str) -> Any:
     """pyfunc's loader: the backend the model was saved with (unless KERAS_BACKEND says otherwise; it must be
     set before Keras is imported), cnnlab's layers registered, then MLflow's own Keras loader."""
     os.environ.setdefault("KERAS_BACKEND", saved_backend(path))
+    # Keras, through MLflow's loader and cnnlab's layers, only once KERAS_BACKEND is set
     import mlflow.keras.load
 
     import cnnlab.core.models  # noqa: F401  (registers cnnlab's layers for loading)

@@ -7,11 +7,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pyfunc
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import TempDir
 
+from cnnlab.config.schema import sqlite_file
 from cnnlab.run import faults
 from cnnlab.run.state import RunState
+from cnnlab.tracking import mlmodel
 
 
 def log_model_once(state: RunState, run_id: str, model: Any, example: Any, class_names: list[str]) -> str:
@@ -21,8 +28,6 @@ def log_model_once(state: RunState, run_id: str, model: Any, example: Any, class
     Done in steps that a rerun can finish: the model entry is created and remembered in the state, its files
     uploaded, then it is marked READY and linked to the run, last. A rerun completes a remembered model and
     deletes one a killed job created but did not remember; the run never links two."""
-    from mlflow.models import Model, infer_signature
-
     store = MlflowClient()
     run = store.get_run(run_id)
     known = (state.record() or {}).get("model_id")
@@ -35,11 +40,9 @@ def log_model_once(state: RunState, run_id: str, model: Any, example: Any, class
         state.remember(model_id=known)
     entry = store.get_logged_model(known)
     if entry.status != LoggedModelStatus.READY:
+        # Keras (and MLflow's Keras flavor, which imports it) only here: the job has applied its backend by now
         import keras
         import mlflow.keras
-        from mlflow.utils.file_utils import TempDir
-
-        from cnnlab.tracking import mlmodel
 
         with TempDir() as tmp:
             local = tmp.path("model")
@@ -65,11 +68,6 @@ class ModelNotFound(ValueError):
 
 def download(uri: str) -> str:
     """The model's local folder (downloaded from the store MLFLOW_TRACKING_URI names, if it is there)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from cnnlab.tracking.store import sqlite_file
-
     store = mlflow.get_tracking_uri()
     database = sqlite_file(store)
     if uri.startswith(("models:/", "runs:/")) and database is not None and not database.exists():
@@ -86,6 +84,4 @@ def download(uri: str) -> str:
 
 def load_pyfunc(uri: str) -> Any:
     """A logged model as an MLflow pyfunc model (what serving and cnnlab.predict use)."""
-    import mlflow.pyfunc
-
     return mlflow.pyfunc.load_model(uri)

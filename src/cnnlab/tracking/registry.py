@@ -15,7 +15,6 @@ another process at the same instant is taken as it is ("already exists")."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,10 +23,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
-from cnnlab.config.schema import Direction, SelectionConfig
+from cnnlab.config.schema import Direction, SelectionConfig, sqlite_file
 from cnnlab.run import faults
-from cnnlab.tracking.store import sqlite_file
 
 CHAMPION = "champion"
 CROWN_ATTEMPTS = 10
@@ -114,31 +113,63 @@ def crown(client: MlflowClient, name: str, metric: str, direction: Direction) ->
     Every write is checked by reading again: on a server another job may move the alias between this job's read
     and its write (and MLflow writes an alias by check-then-insert, so two first writes at once fail one with a
     unique-key error). The job that writes last sees whether its write stands against all versions, so the alias
-    ends on the best whatever order the jobs' reads and writes land in."""
-    for attempt in range(1, CROWN_ATTEMPTS + 1):
-        best = best_version(client, client.search_model_versions(f"name = '{name}'"), metric, direction)
-        if best is None:
-            return None
-        try:
-            current = client.get_model_version_by_alias(name, CHAMPION).version
-        except MlflowException:
-            current = None
-        if current == best.version:
-            return best
-        faults.reach("crowning")
-        try:
-            client.set_registered_model_alias(name, CHAMPION, best.version)
-        except MlflowException as err:
-            if attempt == CROWN_ATTEMPTS:
-                raise
-            log.info("%s@%s was set by another job at the same instant (%s); reading it again", name, CHAMPION,
-                     err.message.splitlines()[0])
-            time.sleep(0.2 * attempt)
-            continue
-        log.info("%s@%s is now version %s (best_%s %s; %s)", name, CHAMPION, best.version, metric,
-                 score(client, best, metric), "the first" if current is None else f"was version {current}")
-    raise RuntimeError(f"{name}@{CHAMPION} was still being moved by other jobs after {CROWN_ATTEMPTS} attempts; "
-                       "register again to settle it")
+    ends on the best whatever order the jobs' reads and writes land in. Up to CROWN_ATTEMPTS reads: after this
+    job's own write the next at once, after a write that failed 0.2 s times the attempts so far later (the last
+    one's MlflowException is raised); a champion still moving after them is a RuntimeError."""
+    try:
+        return _crown_once(client, name, metric, direction)
+    except _Beaten as beaten:
+        raise beaten.error from None
+    except _Written:
+        raise RuntimeError(f"{name}@{CHAMPION} was still being moved by other jobs after {CROWN_ATTEMPTS} "
+                           "attempts; register again to settle it") from None
+
+
+class _Written(Exception):
+    """This job moved the alias: read it again to see whether the write stands."""
+
+
+class _Beaten(Exception):
+    """Another job set the alias at the same instant, and this job's write failed."""
+
+    def __init__(self, name: str, error: MlflowException) -> None:
+        super().__init__(name)
+        self.name, self.error = name, error
+
+
+def _wait(state: RetryCallState) -> float:
+    return 0.2 * state.attempt_number if isinstance(state.outcome.exception(), _Beaten) else 0.0
+
+
+def _reading_again(state: RetryCallState) -> None:
+    beaten = state.outcome.exception()
+    if isinstance(beaten, _Beaten):
+        log.info("%s@%s was set by another job at the same instant (%s); reading it again", beaten.name, CHAMPION,
+                 beaten.error.message.splitlines()[0])
+
+
+@retry(retry=retry_if_exception_type((_Written, _Beaten)), stop=stop_after_attempt(CROWN_ATTEMPTS), wait=_wait,
+       before_sleep=_reading_again, reraise=True)
+def _crown_once(client: MlflowClient, name: str, metric: str, direction: Direction) -> ModelVersion | None:
+    """One attempt of `crown`: the champion when it stands on the best version (None: no version), _Written after
+    this job moved it, _Beaten when its write failed."""
+    best = best_version(client, client.search_model_versions(f"name = '{name}'"), metric, direction)
+    if best is None:
+        return None
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        current = None
+    if current == best.version:
+        return best
+    faults.reach("crowning")
+    try:
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+    except MlflowException as err:
+        raise _Beaten(name, err) from err
+    log.info("%s@%s is now version %s (best_%s %s; %s)", name, CHAMPION, best.version, metric,
+             score(client, best, metric), "the first" if current is None else f"was version {current}")
+    raise _Written
 
 
 def champions(tracking_uri: str, projects: list[str]) -> dict[str, str]:

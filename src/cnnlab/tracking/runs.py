@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import signal
 import socket
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
 from mlflow.entities import LoggedModelStatus, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -29,6 +29,7 @@ from cnnlab.config.schema import TrackingConfig
 from cnnlab.run import faults
 from cnnlab.run.checkpoint import Damaged
 from cnnlab.run.state import RunState, StateDamaged
+from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
@@ -59,14 +60,19 @@ def finished_run(experiment_id: str, key: str, need_model: bool) -> Any | None:
 
 
 def process_alive(pid: str | None) -> bool:
-    """Whether a process with this id runs on this host."""
+    """Whether a process with this id runs on this host (a zombie, dead but not yet reaped, does not)."""
     try:
-        os.kill(int(pid or 0), 0)
-    except (ValueError, ProcessLookupError):
+        number = int(pid or 0)
+    except ValueError:
         return False
-    except PermissionError:
+    if number <= 0:
+        return False
+    try:
+        return psutil.Process(number).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
         return True
-    return int(pid or 0) > 0
 
 
 def end_abandoned_runs(experiment_id: str) -> None:
@@ -293,8 +299,6 @@ def record_failure(run_id: str, err: BaseException) -> None:
 
 def log_rejected_job(tracking: TrackingConfig, name: str, tags: dict[str, str], err: BaseException) -> None:
     """A sweep job whose config was refused before training still gets a FAILED run saying why."""
-    from cnnlab.tracking.store import open_store
-
     experiment_id = open_store(tracking)
     run = MlflowClient().create_run(experiment_id, run_name=name, tags=tags)
     try:

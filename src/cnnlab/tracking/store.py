@@ -6,7 +6,8 @@ tagged as model training (`mlflow.experimentKind` = `custom_model_development`),
 `workflowType`, else the browser's last choice, else GenAI), so cnnlab's links name the view (`ui_url`) and
 docs/tracking.md gives the click path.
 
-MLflow is imported inside the functions, so `sqlite_file` costs nothing to import."""
+MLflow is imported inside the functions that open the store: checking it (`check_store`, in every command's check
+of its command line, cnnlab.cli) imports no MLflow, which takes seconds."""
 
 from __future__ import annotations
 
@@ -15,25 +16,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from cnnlab.config.errors import fail
-from cnnlab.config.schema import TrackingConfig
+from cnnlab.config.schema import TrackingConfig, sqlite_file
 from cnnlab.run.files import writable_dir
 
 # The experiment tag that says what an experiment is for: model development (the runs table) or GenAI (traces).
 # MLflow 3.17's UI takes an experiment's kind from its GenAI / Model training switch instead (docs/tracking.md).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a local `sqlite:///` store; None for any other store."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
 
 
 @contextmanager
@@ -76,7 +69,7 @@ def check_store(uri: str) -> None:
 def open_store(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store, checked first, and make sure the experiment exists (created under
     the store lock, so parallel jobs do not race to create it); returns the experiment id."""
-    import mlflow
+    import mlflow  # heavy: see the module's docstring
 
     uri = tracking.uri
     check_store(uri)
@@ -100,7 +93,7 @@ def open_store(tracking: TrackingConfig) -> str:
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of the experiment `name` in the store MLflow points at, created under the store lock if missing (so
     parallel jobs do not race to create it)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: see the module's docstring
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()

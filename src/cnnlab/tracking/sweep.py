@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -48,8 +49,6 @@ class SweepFailed(SystemExit):
 def sweep_keys(config: DictConfig) -> list[str]:
     """The keys a multirun varies: its sweep overrides (`a=1,2`, `glob(...)`, `range(...)`) and the sweeper's
     search space (`hydra.sweeper.params`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     space = config.hydra.sweeper.get("params") or {}
     return list(dict.fromkeys([o.key_or_group for o in parsed if o.is_sweep_override()] + list(space)))

@@ -13,9 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config.errors import fail
-from cnnlab.config.schema import DataConfig, JobConfig, MirrorConfig, TrackingConfig, TrainingConfig
+from cnnlab.config.errors import ConfigError, fail
+from cnnlab.config.schema import DataConfig, JobConfig, MirrorConfig, TrackingConfig, TrainingConfig, sqlite_file
 from cnnlab.config.settings import plain
+from cnnlab.core.optimizer import make_optimizer
+from cnnlab.run.files import writable_dir
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PATH_KEYS = ("data", "outputs", "runs", "checkpoints", "metrics", "plots")
@@ -120,9 +122,6 @@ def _check_data(data: DataConfig, mirror: MirrorConfig) -> None:
 def _check_paths(job: JobConfig) -> None:
     """Every folder the job will write, checked writable up front (a read-only one would fail after training):
     the configured folders, the project's own folders under them, and the artifacts folder of a local store."""
-    from cnnlab.run.files import writable_dir
-    from cnnlab.tracking.store import sqlite_file
-
     project = job.project.id
     own = {"runs": project, "outputs": project, "plots": project}  # <paths.x>/<project>/ (results.place, publish)
     for key in PATH_KEYS:
@@ -140,8 +139,8 @@ def _check_paths(job: JobConfig) -> None:
 
 def check_buildable(job: JobConfig) -> None:
     """Build every layer, the model and the optimizer: a wrong argument or shape fails here, naming the key."""
+    # cnnlab.core.models imports Keras: only here, once the backend is chosen (check_job must stay Keras-free)
     from cnnlab.core.models import ModelConfigError, build_layer, build_model, check_layer_specs
-    from cnnlab.core.optimizer import make_optimizer
 
     try:
         check_layer_specs(job.model.layers, "model.layers")
@@ -150,8 +149,6 @@ def check_buildable(job: JobConfig) -> None:
             build_layer(spec, f"augmentation.layers.{i}")
         built = build_model(job.model)
     except ModelConfigError as err:
-        from cnnlab.config.errors import ConfigError
-
         raise ConfigError(str(err)) from err
     # the head (Dense then softmax) acts on the last axis: layers that leave an image (e.g. none at all) make one
     # prediction per pixel, which Keras only refuses in fit, after the data, the store and a run

@@ -3,7 +3,8 @@ once), open the store, reuse a finished run of the same key, load the data, then
 (continuing from the state), evaluate once on the test set, write, log and place the results, and finally clear
 the state. The command line (`python -m cnnlab.train`) and the DVC stages run exactly this.
 
-Keras is imported only after the configured backend is applied, so this module imports it inside functions."""
+Keras is imported only after the configured backend is applied, so this module imports it (and the cnnlab modules
+that import it) inside functions."""
 
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from optuna import TrialPruned
+
 from cnnlab.config.backend import use_backend
-from cnnlab.config.checks import check_buildable, check_job
 from cnnlab.config.machine import describe as describe_machine
 from cnnlab.config.schema import JobConfig
 from cnnlab.config.settings import capped, group_key, plain, platform_of
+from cnnlab.core import loop
 from cnnlab.core.data import Dataset, splits
+from cnnlab.core.evaluation import evaluate_model
+from cnnlab.job.checks import check_buildable, check_job
 from cnnlab.run import faults, results
+from cnnlab.run.checkpoint import Damaged
 from cnnlab.run.context import JobContext
 from cnnlab.run.data import DataSpec, check_source, load
 from cnnlab.run.describe import base_tags, run_name, run_params
@@ -30,6 +36,11 @@ from cnnlab.run.seeds import summarize
 from cnnlab.run.signals import signals_interrupt
 from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
+from cnnlab.tracking import epochs, groups, registry, runs
+from cnnlab.tracking.epochs import log_datasets
+from cnnlab.tracking.model import log_model_once
+from cnnlab.tracking.store import open_store
+from cnnlab.tracking.sweep import record_job
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +48,13 @@ log = logging.getLogger(__name__)
 def device_name() -> str:
     """The devices Keras computes on, with the accelerator's model where the backend tells it (and the CPU's
     core count when it computes on the CPU alone)."""
-    import keras
+    import keras  # heavy, and only once the backend is applied (use_backend)
 
     devices = ", ".join(keras.distribution.list_devices())
     if devices.lower() == "cpu:0":
         return f"{os.cpu_count()}-core CPU (no GPU)"
     if keras.backend.backend() == "jax":
-        import jax
+        import jax  # only where JAX is the backend (it may not be installed)
 
         return f"{jax.devices()[0].device_kind} ({devices})"
     return devices
@@ -78,10 +89,6 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         use_backend(job.backend, platform)
         with configured_overrides():
             check_buildable(job)
-        from cnnlab.tracking import registry, runs
-        from cnnlab.tracking.epochs import log_datasets
-        from cnnlab.tracking.store import open_store
-
         experiment_id = open_store(job.tracking)
         trial = study.job_trial(job, context)
         done = finished(job, context, experiment_id, state, trial)
@@ -146,12 +153,10 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
     then the checkpoint, then the MLflow metrics, so every epoch is logged once however the job is stopped. The
     trained model (with the kept epoch's weights) is kept in the state and returned. A search's pruner may stop it
     (optuna.TrialPruned); a diverging loss ends it (TrainingDiverged), and neither leaves anything to resume."""
+    # Keras and cnnlab.run.progress (a Keras callback) only once the backend is applied (use_backend)
     import keras
-    from optuna import TrialPruned
 
-    from cnnlab.core import loop
     from cnnlab.run.progress import EpochProgress
-    from cnnlab.tracking import epochs, runs
 
     parts = splits(data, job.training.validation_split)
     with configured_overrides():
@@ -182,7 +187,7 @@ def fit(job: JobConfig, data: Dataset, state: RunState, run_id: str, trial: Any 
 
 def _failpoints() -> Any:
     """The `mid_epoch:<e>` failpoint (cnnlab.run.faults) as a Keras callback: after the epoch's first batch."""
-    import keras
+    import keras  # heavy, and only once the backend is applied (use_backend)
 
     class MidEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -198,8 +203,6 @@ def _failpoints() -> Any:
 def _record_in_sweep(context: JobContext, run_id: str) -> None:
     """A sweep job tells its sweep's parent run which run it is (cnnlab.tracking.sweep)."""
     if context.sweep_run_id and context.job_num is not None:
-        from cnnlab.tracking.sweep import record_job
-
         record_job(context.sweep_run_id, context.job_num, run_id)
 
 
@@ -211,8 +214,6 @@ def finished(job: JobConfig, context: JobContext, experiment_id: str, state: Run
     there is none."""
     if job.on_finished.value != "skip":
         return None
-    from cnnlab.tracking import registry, runs
-
     run = runs.finished_run(experiment_id, state.key, need_model=job.tracking.log_model)
     if run is None:
         return None
@@ -238,8 +239,6 @@ def update_group(job: JobConfig, experiment_id: str) -> None:
     """The project's group run (cnnlab.tracking.groups) with the mean and spread of its seeds' figures, as the
     report computes them (cnnlab.run.seeds). Done again by every job of the group, a reuse included, so a failure
     there (logged) is mended by running the same command again."""
-    from cnnlab.tracking import groups
-
     groups.update(job.tracking, experiment_id, group_key(job), job.project.id,
                   ["test_accuracy", f"best_{job.selection.metric.value}"],
                   lambda name, values: summarize(values).as_metrics(name))
@@ -249,16 +248,10 @@ def finish(job: JobConfig, context: JobContext, model: Any, data: Dataset, state
            experiment_id: str, described: dict[str, str]) -> dict[str, Any]:
     """Evaluate once on the test set, write the run's files, log them and the model (each once), and put the
     run's folder in place (and publish it with publish=true); returns the metrics."""
-    from cnnlab.core.evaluation import evaluate_model
-    from cnnlab.tracking import runs
-    from cnnlab.tracking.model import log_model_once
-
     evaluation = evaluate_model(model, data.x_test, data.y_test, data.class_names)
     history = state.history(state.epochs_done())
     progress = state.checkpoint.progress()
     if len(history) != progress.epochs:  # never FINISHED with a history that is not the epochs trained
-        from cnnlab.run.checkpoint import Damaged
-
         raise Damaged(state.journal, f"it has {len(history)} epochs, but {progress.epochs} were trained")
     kept = None if progress.best_epoch is None else progress.best_epoch + 1  # counted from 1, as Keras' log
     selection = {**plain(job.selection), "value": progress.best_value, "epoch": kept}
