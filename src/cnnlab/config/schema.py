@@ -165,7 +165,7 @@ class TrainingConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     validation_split: float = 0.2
     seed: int = 42
-    mixed_precision: bool | str = field(default=False, metadata=AUTO_BOOL)  # auto: machine.bf16_is_fast()
+    mixed_precision: bool | str = field(default=False, metadata=AUTO_BOOL)  # auto: machine.bf16_is_fast_here()
     label_smoothing: float = 0.0
     steps_per_execution: int = 1
     device_data: bool | str = field(default="auto", metadata=AUTO_BOOL)
