@@ -194,7 +194,7 @@ def test_the_plots_page_shows_learning_curves_and_confusion_matrices_offline(rep
 def test_editing_a_description_retrains_nothing(repo: Path) -> None:
     project = repo / "conf" / "project" / "p05.yaml"
     project.write_text(project.read_text().replace('description: "', 'description: "edited: '))
-    assert stages_run(sh(repo, "dvc", "repro").stdout) == {"compose"}
+    assert stages_run(sh(repo, "dvc", "repro").stdout) == {"compose", "report"}, "the report shows descriptions"
     assert "up to date" in sh(repo, "dvc", "status").stdout
     sh(repo, "git", "checkout", "conf")
     sh(repo, "dvc", "repro")
@@ -236,6 +236,34 @@ def test_editing_the_report_tracking_registry_or_predict_retrains_nothing(repo: 
     assert len(mlflow_runs(repo)) == runs_before, "the same key: the finished run is reused, nothing retrained"
     sh(repo, "git", "checkout", "src")
     sh(repo, "dvc", "repro")
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width, after the 8-byte signature
+
+
+def test_editing_the_plotting_code_reuses_every_run_and_draws_its_published_figures_again(repo: Path) -> None:
+    """A train stage depends on the code that writes its outputs: an edit to the plotting code reruns it, the
+    finished run is reused (the key is the same: nothing retrained) and the published figures are drawn again from
+    the run's CSVs by the edited code; the run's own files, logged with it, stay as they were."""
+    module = repo / "src" / "cnnlab" / "run" / "plots.py"
+    original = module.read_text()
+    module.write_text(original.replace("fig.savefig(path, dpi=100)", "fig.savefig(path, dpi=50)"))
+    status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
+    assert set(status) == {f"train@{p}-42" for p in PROJECTS} | {"report"}
+    before = len(mlflow_runs(repo))
+    assert stages_run(sh(repo, "dvc", "repro", "-s", "train@p03-42").stdout) == {"train@p03-42"}
+    assert len(mlflow_runs(repo)) == before, "the same key: the finished run is reused, nothing retrained"
+    run_id = json.loads((repo / "metrics" / "s42" / "p03.json").read_text())["run"]["mlflow_run_id"]
+    for name in ("learning_curves.png", "confusion_matrix.png"):
+        published, logged = repo / "plots" / "s42" / "p03" / name, repo / "runs" / "p03" / run_id / name
+        assert png_width(published) * 2 == png_width(logged), f"{name} drawn again at half the resolution"
+    sh(repo, "git", "checkout", "src")
+    sh(repo, "dvc", "repro", "-s", "train@p03-42")
+    assert png_width(repo / "plots" / "s42" / "p03" / "learning_curves.png") == \
+        png_width(repo / "runs" / "p03" / run_id / "learning_curves.png")
+    assert len(mlflow_runs(repo)) == before
     assert "up to date" in sh(repo, "dvc", "status").stdout
 
 

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.job.steps import selected_value, train
+from cnnlab.run.results import read_confusion
 from cnnlab.tracking.runs import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,11 @@ def test_train_writes_outputs_and_a_complete_mlflow_run(trained, workdir: Path) 
     assert metrics["test_accuracy"] > 0.5, "the tiny classes are learnable: P00 must beat chance (0.1) clearly"
     lines = (out / "history.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in lines] == ["epoch", "1", "2", "3", "4"], "counted from 1, as the log"
+    matrix, class_names = read_confusion(out / "confusion.csv")  # what the published figure is drawn from again
+    assert class_names == list(metrics["per_class_accuracy"])
+    np.testing.assert_allclose(matrix.diagonal() / matrix.sum(axis=1), list(metrics["per_class_accuracy"].values()),
+                               atol=1e-4)
+    assert matrix.diagonal().sum() / matrix.sum() == pytest.approx(metrics["test_accuracy"], abs=1e-4)
     identity = json.loads((out / "run.json").read_text())
     assert identity["mlflow_run_id"] == out.name and identity["project"] == "p00"
     assert not (workdir / "outputs").exists() and not (workdir / "metrics").exists(), "only the pipeline publishes"

@@ -65,13 +65,17 @@ def replace_dir(staged: Path, target: Path) -> None:
         remove(aside)
 
 
-def publish_copy(source: Path, target: Path, names: list[str]) -> None:
-    """Copy the files `names` of the folder `source` to the folder `target`, published in one rename."""
+def publish_copy(source: Path, target: Path, names: list[str],
+                 before_rename: Callable[[Path], None] | None = None) -> None:
+    """Copy the files `names` of the folder `source` to the folder `target`, published in one rename;
+    `before_rename` may rewrite the staged copy first."""
     staged = temporary_beside(target, "copy")
     remove(staged)
     staged.mkdir(parents=True)
     for name in names:
         shutil.copy2(source / name, staged / name)
+    if before_rename is not None:
+        before_rename(staged)
     replace_dir(staged, target)
 
 

@@ -6,7 +6,9 @@ confusion.csv. They are written into a staging folder beside it and renamed into
 `publish=true` (the DVC pipeline's train stages) the run is also published where the pipeline declares its
 outputs: `<paths.outputs>/<project>/` (model, config, run.json), `<paths.plots>/<project>/` (curves and
 confusion) and `<paths.metrics>/<project>.json` (the one metrics file), each complete in one rename, under a
-per-project lock."""
+per-project lock. Publishing draws the two figures again from the run's CSVs with the code of the day: a train
+stage depends on this module and on `plots`, and a change to them reruns it without retraining (its run key is
+the same, the finished run is reused) and the published figures show the change."""
 
 from __future__ import annotations
 
@@ -93,27 +95,53 @@ def stage(job: JobConfig, run_id: str, trained: Path, evaluation: dict[str, Any]
     shutil.copyfile(trained, folder / "model.keras")
     write_history(history, folder / "history.csv")
     (folder / "config.yaml").write_text(yaml.safe_dump(plain(job), sort_keys=False))
-    plots.save(plots.learning_curves(curves, project.upper()), folder / "learning_curves.png")
-    write_confusion(np.asarray(evaluation["confusion_matrix"]), class_names, folder,
-                    f"{project.upper()} test confusion matrix")
+    write_confusion_csv(np.asarray(evaluation["confusion_matrix"]), class_names, folder)
+    draw_figures(folder, project)
     return folder
 
 
-def write_confusion(matrix: np.ndarray, class_names: list[str], folder: Path, title: str) -> Path:
-    """confusion_matrix.png and a long-format confusion.csv (actual,predicted,count) for DVC plots."""
-    folder.mkdir(parents=True, exist_ok=True)
+def draw_figures(folder: Path, project: str) -> None:
+    """learning_curves.png and confusion_matrix.png in `folder`, drawn from its history.csv and confusion.csv: a
+    run's figures are a view of its numbers, so they can be drawn again whenever the drawing code changes."""
+    plots.save(plots.learning_curves(as_columns(read_history(folder / "history.csv")), project.upper()),
+               folder / "learning_curves.png")
+    matrix, class_names = read_confusion(folder / "confusion.csv")
+    plots.save(plots.confusion_matrix(matrix, class_names, f"{project.upper()} test confusion matrix"),
+               folder / "confusion_matrix.png")
+
+
+def write_confusion_csv(matrix: np.ndarray, class_names: list[str], folder: Path) -> None:
+    """A long-format confusion.csv (actual,predicted,count), row by row, for DVC plots."""
     rows = ["actual,predicted,count"] + [
         f"{class_names[i]},{class_names[j]},{int(n)}" for (i, j), n in np.ndenumerate(matrix)
     ]
     (folder / "confusion.csv").write_text("\n".join(rows) + "\n")
+
+
+def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
+    """confusion.csv back as the matrix (actual rows, predicted columns) and the class names in its order."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    class_names = list(dict.fromkeys(row["actual"] for row in rows))
+    index = {name: i for i, name in enumerate(class_names)}
+    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    for row in rows:
+        matrix[index[row["actual"]], index[row["predicted"]]] = int(row["count"])
+    return matrix, class_names
+
+
+def write_confusion(matrix: np.ndarray, class_names: list[str], folder: Path, title: str) -> Path:
+    """confusion_matrix.png and confusion.csv of an evaluation outside a run (`cnnlab.evaluate`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_confusion_csv(matrix, class_names, folder)
     png = folder / "confusion_matrix.png"
     plots.save(plots.confusion_matrix(np.asarray(matrix), class_names, title), png)
     return png
 
 
-def place(job: JobConfig, run_id: str, staged: Path) -> Path:
+def place(paths: PathsConfig, project: str, run_id: str, staged: Path) -> Path:
     """Rename the staged folder to the run's folder; returns it."""
-    final = run_folder(job.paths, job.project.id, run_id)
+    final = run_folder(paths, project, run_id)
     replace_dir(staged, final)
     return final
 
@@ -123,6 +151,7 @@ def publish(paths: PathsConfig, project: str, folder: Path) -> None:
     Path(paths.checkpoints).mkdir(parents=True, exist_ok=True)
     with FileLock(Path(paths.checkpoints) / f"{project}.publish.lock"):
         publish_copy(folder, Path(paths.outputs) / project, PUBLISHED_OUTPUTS)
-        publish_copy(folder, Path(paths.plots) / project, PUBLISHED_PLOTS)
+        publish_copy(folder, Path(paths.plots) / project, PUBLISHED_PLOTS,
+                     before_rename=lambda staged: draw_figures(staged, project))
         atomic_write(Path(paths.metrics) / f"{project}.json", (folder / "metrics.json").read_bytes())
 
