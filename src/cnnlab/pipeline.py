@@ -28,7 +28,7 @@ from cnnlab.cli import one_line_errors
 from cnnlab.config.compose import compose, to_job
 from cnnlab.config.errors import ConfigError, fail
 from cnnlab.config.schema import Backend
-from cnnlab.config.settings import apply_settings, capped, settings
+from cnnlab.config.settings import apply_settings, capped, check_epoch_cap, settings
 from cnnlab.job.checks import check_id
 from cnnlab.run.checkout import config_overrides, relocated, run_own_code
 from cnnlab.run.context import JobContext
@@ -61,9 +61,7 @@ def read_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
                           f"{', '.join(sorted(PARAMS))} (each project's own settings are in conf/)")
     if params.get("data") not in ("cifar10", "tiny"):
         fail(f"{path}: data", params.get("data"), "cifar10 or tiny")
-    cap = params.get("max_epochs", 0)
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-        fail(f"{path}: max_epochs", cap, "a non-negative integer (0 = no cap)")
+    check_epoch_cap(f"{path}: max_epochs", params.get("max_epochs", 0))
     if params.get("backend") not in BACKENDS:
         fail(f"{path}: backend", params.get("backend"), f"one of {', '.join(BACKENDS)}")
     projects = params.get("projects")

@@ -51,12 +51,18 @@ def plain(value: Any) -> Any:
     return value
 
 
+def uses_mirror(data: DataConfig, mirror: MirrorConfig) -> bool:
+    """Whether the archive comes from the mirror: a mirror replaces a downloaded data set only, never generated
+    data (a mirror set once in conf/local for CIFAR-10 leaves data=tiny as it is)."""
+    return data.generate is None and bool(mirror.source)
+
+
 def data_md5(data: DataConfig, mirror: MirrorConfig) -> str | None:
     """The md5 the archive must have: the mirror's when a mirror replaces a downloaded data set; None for
     generated data (its archive is checked against the md5 recorded when it was made)."""
     if data.generate is not None:
         return None
-    return mirror.md5 if mirror.source else data.md5
+    return mirror.md5 if uses_mirror(data, mirror) else data.md5
 
 
 def _training(training: TrainingConfig) -> dict[str, Any]:
@@ -92,7 +98,7 @@ def apply_settings(job: JobConfig, chosen: dict[str, Any]) -> JobConfig:
     new_data = dataclasses.replace(job.data, name=data["name"], generate=generate)
     mirror = job.mirror
     if generate is None:
-        if mirror.source:
+        if uses_mirror(new_data, mirror):
             mirror = dataclasses.replace(mirror, md5=data["md5"])
         else:
             new_data = dataclasses.replace(new_data, md5=data["md5"])
@@ -103,11 +109,16 @@ def apply_settings(job: JobConfig, chosen: dict[str, Any]) -> JobConfig:
         training=typed(TrainingConfig, chosen["training"]), selection=typed(SelectionConfig, chosen["selection"]))
 
 
+def check_epoch_cap(key: str, cap: Any) -> int:
+    """An epoch cap (the job's `max_epochs`, params.yaml's `max_epochs`): a non-negative integer, 0 for none."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        fail(key, cap, "a non-negative integer (0 = no cap)")
+    return cap
+
+
 def capped(job: JobConfig) -> JobConfig:
     """`job` with at most `max_epochs` epochs (0: no cap), kept valid: the warm-up shrinks with the epochs."""
-    t, cap = job.training, job.max_epochs
-    if cap < 0:
-        fail("max_epochs", cap, "a non-negative integer (0 = no cap)")
+    t, cap = job.training, check_epoch_cap("max_epochs", job.max_epochs)
     if not cap or t.epochs <= cap:
         return job
     optimizer = dataclasses.replace(t.optimizer, warmup_epochs=min(t.optimizer.warmup_epochs, cap - 1))

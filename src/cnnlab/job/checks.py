@@ -15,7 +15,7 @@ from typing import Any
 
 from cnnlab.config.errors import ConfigError, fail
 from cnnlab.config.schema import DataConfig, JobConfig, MirrorConfig, TrackingConfig, TrainingConfig, sqlite_file
-from cnnlab.config.settings import plain
+from cnnlab.config.settings import check_epoch_cap, data_md5, plain, uses_mirror
 from cnnlab.core.optimizer import make_optimizer
 from cnnlab.run.files import writable_dir
 
@@ -45,8 +45,7 @@ def check_job(job: JobConfig) -> None:
     _check_training(job.training)
     if job.registry.register and not job.tracking.log_model:
         fail("registry.register", True, "false when tracking.log_model=false (there is no model to register)")
-    if job.max_epochs < 0:
-        fail("max_epochs", job.max_epochs, "a non-negative integer (0 = no cap)")
+    check_epoch_cap("max_epochs", job.max_epochs)
     _check_tracking(job.tracking)
     _check_data(job.data, job.mirror)
     _check_paths(job)
@@ -109,9 +108,9 @@ def _check_tracking(t: TrackingConfig) -> None:
 
 def _check_data(data: DataConfig, mirror: MirrorConfig) -> None:
     if data.generate is None:
-        md5 = mirror.md5 if mirror.source else data.md5
+        md5 = data_md5(data, mirror)
         if not re.fullmatch(r"[0-9a-f]{32}", str(md5)):
-            fail("mirror.md5" if mirror.source else "data.md5", md5, "32 lowercase hex digits (an md5)")
+            fail("mirror.md5" if uses_mirror(data, mirror) else "data.md5", md5, "32 lowercase hex digits (an md5)")
         return
     for key in ("train_per_batch", "test"):
         _positive(getattr(data.generate, key), f"data.generate.{key}")

@@ -28,7 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm import tqdm
 
 from cnnlab.config.schema import DataConfig, MirrorConfig
-from cnnlab.config.settings import data_md5, plain
+from cnnlab.config.settings import data_md5, plain, uses_mirror
 from cnnlab.core import synth
 from cnnlab.core.data import DataError, Dataset, read_archive, read_npz, write_npz
 from cnnlab.run.files import atomic_write, remove_partials, write_atomically
@@ -58,7 +58,7 @@ class DataSpec:
     @classmethod
     def from_config(cls, data: DataConfig, mirror: MirrorConfig, root: str | Path) -> DataSpec:
         """From the `data` and `mirror` sections (the mirror is used for downloaded data only) and `paths.data`."""
-        mirrored = bool(data.generate is None and mirror.source)
+        mirrored = uses_mirror(data, mirror)
         source = mirror.source if mirrored else data.source
         return cls(data.name, str(source), data_md5(data, mirror), data.archive, Path(root), data.download_retries,
                    plain(data.generate), mirrored)
