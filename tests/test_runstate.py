@@ -235,7 +235,7 @@ def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> N
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
         state.keep_trained(model)
         assert state.trained_model().count_params() == 3
-        state.clear()
+        state.remove()
         assert not state.folder.exists()
 
 

@@ -236,9 +236,9 @@ class RunState:
         """Epochs whose state is backed up (0 when there is none)."""
         return self.checkpoint.latest()
 
-    def history(self, epochs: int) -> list[dict[str, float]]:
-        """The journal's first `epochs` epochs (as CSVLogger wrote them, values Keras could not give left out);
-        the journal is cut back to exactly those, so epochs trained after the last backup are forgotten."""
+    def cut_journal_to(self, epochs: int) -> list[dict[str, float]]:
+        """Cut the journal back to its first `epochs` epochs, so epochs trained after the last backup are
+        forgotten, and return them (as CSVLogger wrote them, values Keras could not give left out)."""
         try:
             reader = csv.DictReader(io.StringIO(self.journal.read_text()))
             rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < epochs]
@@ -273,12 +273,10 @@ class RunState:
         write_atomically(self.trained_file, model.save, suffix=".keras")  # Keras wants that ending
         self.remember(trained_sha256=file_sha256(self.trained_file))
 
-    def reset(self) -> None:
-        """Forget everything: the next run starts from scratch."""
-        remove(self.folder)
-
-    def clear(self) -> None:
-        """The run has finished: remove the folder (renamed aside first, so a kill never leaves half of it)."""
+    def remove(self) -> None:
+        """Remove the state folder, so the next job of this key starts from scratch (the run finished, or it is
+        over without finishing: pruned, diverged, started afresh); renamed aside first, so a kill never leaves
+        half of it."""
         if self.folder.exists():
             aside = temporary_beside(self.folder, "done")
             os.replace(self.folder, aside)

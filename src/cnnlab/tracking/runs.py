@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import logging
 import signal
-import socket
 import threading
 import traceback
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import psutil
 from mlflow.entities import LoggedModelStatus, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -28,6 +26,7 @@ from optuna import TrialPruned
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.run import faults
 from cnnlab.run.checkpoint import Damaged
+from cnnlab.run.host import HOST, process_alive
 from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.tracking.store import open_store
 
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
 
 KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
-HOST = socket.gethostname()
 PRUNED_TAG = "optuna.state"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
@@ -57,22 +55,6 @@ def finished_run(experiment_id: str, key: str, need_model: bool) -> Any | None:
             return run
         log.info("run %s finished without a logged model, which this job needs: not reused", run.info.run_id)
     return None
-
-
-def process_alive(pid: str | None) -> bool:
-    """Whether a process with this id runs on this host (a zombie, dead but not yet reaped, does not)."""
-    try:
-        number = int(pid or 0)
-    except ValueError:
-        return False
-    if number <= 0:
-        return False
-    try:
-        return psutil.Process(number).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # another user's process: it exists
-        return True
 
 
 def end_abandoned_runs(experiment_id: str) -> None:
@@ -214,7 +196,7 @@ def _forget(state: RunState) -> None:
             store = MlflowClient()
             if store.get_logged_model(record["model_id"]).status != LoggedModelStatus.READY:
                 store.delete_logged_model(record["model_id"])
-    state.reset()
+    state.remove()
 
 
 class _Ending:

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.run.checkout import current_checkout
 from cnnlab.run.context import SWEEP_RUN_ENV, SWEEP_VARIED_ENV
 from cnnlab.run.describe import CHECKOUT_TAG, PARENT_TAG
-from cnnlab.tracking.runs import HOST, HOST_TAG, PID_TAG, PRUNED_TAG, end_abandoned_runs
+from cnnlab.run.host import HOST
+from cnnlab.tracking.runs import HOST_TAG, PID_TAG, PRUNED_TAG, end_abandoned_runs
 from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)

@@ -71,8 +71,8 @@ class OptunaSearch(Sweeper):
         import optuna
 
         from cnnlab.run.context import SWEEP_RUN_ENV
+        from cnnlab.run.host import HOST
         from cnnlab.search import study as studies
-        from cnnlab.tracking.runs import HOST
         from cnnlab.tracking.sweep import link_study
 
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
@@ -190,7 +190,7 @@ def retry_abandoned(study: Any) -> None:
     RUNNING trials of live sweeps, or of other hosts, are left alone."""
     import optuna
 
-    from cnnlab.tracking.runs import HOST, process_alive
+    from cnnlab.run.host import HOST, process_alive
 
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8, under its new name since 4.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
