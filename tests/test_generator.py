@@ -283,6 +283,7 @@ def small_model(images: np.ndarray) -> keras.Model:
     ])
 
 
+@pytest.mark.integration  # it trains (model.fit): the slow tier, as the marker says
 def test_layers_train_in_a_compiled_step_and_save_and_load(tmp_path: Path) -> None:
     images = smooth_images(64, 32, 32, seed=8)
     labels = keras.utils.to_categorical(np.arange(64) % 10, 10)

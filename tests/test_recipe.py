@@ -184,6 +184,7 @@ def test_dirac_initialises_the_first_filters_as_identities() -> None:
     assert np.abs(kernel[..., 4:]).max() <= 1 / np.sqrt(9 * 4) and np.abs(kernel[..., 4:]).max() > 0
 
 
+@pytest.mark.integration  # it trains (model.fit): the slow tier, as the marker says
 def test_p12_trains_and_saves_with_its_recipe(tmp_path) -> None:
     pixels = rng.integers(0, 256, size=(48, 32, 32, 3)).astype("uint8")
     labels = keras.utils.to_categorical(np.arange(48) % 10, 10)

@@ -7,6 +7,8 @@ are the retrain-or-reuse decisions."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,16 @@ def source(tmp_path: Path) -> Path:
     return copy
 
 
-def digest(src: Path, project: str) -> str:
-    return CodeBase.read(src).digest(strings(settings(compose_config(f"project={project}"))))
+@cache
+def setting_strings(project: str) -> tuple[str, ...]:
+    """The strings of a project's settings (composed once per test process: they do not depend on the source)."""
+    return tuple(strings(settings(compose_config(f"project={project}"))))
+
+
+def digests(src: Path, projects: Iterable[str]) -> dict[str, str]:
+    """Each project's code digest over the source under `src`, read and parsed once."""
+    code = CodeBase.read(src)
+    return {p: code.digest(setting_strings(p)) for p in projects}
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -38,54 +48,54 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_a_docstring_or_comment_edit_in_core_changes_no_key(source: Path) -> None:
-    before = {p: digest(source, p) for p in ("p00", "p07", "p11", "p12")}
+    before = digests(source, ("p00", "p07", "p11", "p12"))
     edit(source / "core" / "loop.py", '"""The training loop:', '"""The training loop (edited):')
     edit(source / "core" / "loop.py", "def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:\n",
          "def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:  # a new comment\n")
     edit(source / "core" / "layers.py", "Identity at inference.", "Identity at inference (reworded).")
     edit(source / "core" / "generator.py", "from keras import ops\n", "from keras import ops  # comment\n")
-    assert {p: digest(source, p) for p in before} == before
+    assert digests(source, before) == before
 
 
 def test_a_new_layer_changes_only_the_keys_of_projects_that_use_it(source: Path) -> None:
-    before = {p: digest(source, p) for p in ("p00", "p07", "p11", "p12")}
+    before = digests(source, ("p00", "p07", "p11", "p12"))
     with (source / "core" / "layers.py").open("a") as f:
         f.write('\n\n@custom_layer\nclass Doubling(keras.layers.Layer):\n'
                 '    def call(self, x):\n        return x * 2\n')
-    assert {p: digest(source, p) for p in before} == before, "no project names Doubling"
+    assert digests(source, before) == before, "no project names Doubling"
     code = CodeBase.read(source)
     named = settings(compose_config("project=p07", "+model.layers=[{type: Doubling}]"))
     assert code.digest(strings(named)) != CodeBase.read(SRC).digest(strings(named)), "a project that names it"
 
 
 def test_a_changed_line_the_model_runs_changes_the_key(source: Path) -> None:
-    base = {p: digest(source, p) for p in ("p00", "p07", "p11", "p12")}
+    base = digests(source, ("p00", "p07", "p11", "p12"))
     edit(source / "core" / "loop.py", "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, epoch, 1])")
-    changed = {p: digest(source, p) for p in base}
+    changed = digests(source, base)
     assert all(changed[p] != base[p] for p in base), "every project runs the epoch order"
 
 
 def test_a_change_to_a_layer_retrains_exactly_the_projects_that_name_it(source: Path) -> None:
-    base = {p: digest(source, p) for p in ("p00", "p07", "p11", "p12")}
+    base = digests(source, ("p00", "p07", "p11", "p12"))
     edit(source / "core" / "layers.py", "positions = ops.arange(size)[None, :] + offsets",
          "positions = ops.arange(size)[None, :] + offsets * 1")
-    changed = {p: digest(source, p) for p in base}
+    changed = digests(source, base)
     assert changed["p12"] != base["p12"], "P12's augmentation is RandomPadShift"
     assert [p for p in base if changed[p] != base[p]] == ["p12"]
     edit(source / "core" / "generator.py", "FILL_MODES", "FILL_MODES_RENAMED")
-    assert digest(source, "p11") != changed["p11"], "P11 runs the ImageDataGenerator layers"
-    assert digest(source, "p07") == changed["p07"]
+    assert digests(source, ["p11"])["p11"] != changed["p11"], "P11 runs the ImageDataGenerator layers"
+    assert digests(source, ["p07"])["p07"] == changed["p07"]
 
 
 SEED_PROJECTS = ("p00", "p01", "p02", "p03", "p04", "p05", "p06", "p07", "p08", "p09", "p10", "p11", "p11_transforms")
 
 
 def test_p12s_recipe_changes_no_seed_projects_key_and_p12_reaches_it(source: Path) -> None:
-    with_recipe = {p: digest(source, p) for p in (*SEED_PROJECTS, "p12")}
+    with_recipe = digests(source, (*SEED_PROJECTS, "p12"))
     (source / "core" / "recipe.py").unlink()
     edit(source / "core" / "models.py",
          "import cnnlab.core.recipe  # noqa: F401  (registers P12's recipe pieces)\n", "")
-    without = {p: digest(source, p) for p in SEED_PROJECTS}
+    without = digests(source, SEED_PROJECTS)
     assert without == {p: with_recipe[p] for p in SEED_PROJECTS}, "P12's pieces are reached by no seed project"
     code = CodeBase.read(SRC)
     reached = code.reached(code.roots | code.named(strings(settings(compose_config("project=p12")))))
