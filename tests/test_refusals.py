@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from cnnlab.cli import _refusals
 from cnnlab.config.errors import ConfigError
-from cnnlab.config.settings import capped
+from cnnlab.config.settings import capped, result_key
 from cnnlab.core.data import DataError
 from cnnlab.errors import UserError
 from cnnlab.run.state import RunState
@@ -95,7 +95,7 @@ def test_a_folder_the_job_would_write_is_checked_before_anything(blocked: str, t
 def test_a_twin_is_refused_before_the_heavy_imports(tmp_path: Path, tiny_data_dir: Path) -> None:
     """The lock is checked first: before, a twin started 0.3 s after the first was refused after 23 s."""
     job = capped(compose_config("data=tiny", *folders(tmp_path, tiny_data_dir), "project=p00"))
-    lock = RunState.lock_path(RunState.folder_of(job))
+    lock = RunState.lock_path(RunState.folder_for(job.paths.checkpoints, job.project.id, result_key(job)))
     lock.parent.mkdir(parents=True)
     with FileLock(lock):
         done = train(tmp_path, tiny_data_dir, "project=p00")

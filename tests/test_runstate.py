@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnlab.config.errors import ConfigError
+from cnnlab.config.settings import result_key
 from cnnlab.core.loop import TrainingDiverged
 from cnnlab.evaluate import reevaluate
 from cnnlab.job.steps import train
@@ -230,7 +231,9 @@ def test_the_trained_model_kept_for_a_resume_loads(make_cfg, workdir: Path) -> N
     """What a job killed after training leaves, a rerun can use: the model saved in the state loads back."""
     from cnnlab.run.state import RunState
 
-    with RunState.claim(make_cfg("project=p11")) as state:
+    job = make_cfg("project=p11")
+    folder = RunState.folder_for(job.paths.checkpoints, job.project.id, result_key(job))
+    with RunState.claim(folder, job.project.id) as state:
         assert state.trained_model() is None
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
         state.keep_trained(model)

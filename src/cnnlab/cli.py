@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from cnnlab.config.compose import CompositionError, compose, to_job
 from cnnlab.config.errors import ConfigError
 from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import capped
+from cnnlab.config.settings import capped, result_key
 from cnnlab.core.data import DataError
 from cnnlab.errors import UserError
 from cnnlab.job.checks import check_job
@@ -80,7 +80,9 @@ def precheck(argv: list[str], store: bool = True, twin: bool = False) -> JobConf
     try:
         check_job(job)
         if twin:
-            RunState.refuse_if_busy(capped(job))  # the lock first: a twin needs nothing else to be refused
+            trained = capped(job)  # the lock first: a twin needs nothing else to be refused
+            RunState.refuse_if_busy(RunState.folder_for(trained.paths.checkpoints, trained.project.id,
+                                                        result_key(trained)), trained.project.id)
         if store:
             check_store(job.tracking.uri)
         check_source(DataSpec.from_config(job.data, job.mirror, job.paths.data))

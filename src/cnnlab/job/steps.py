@@ -22,7 +22,7 @@ from optuna import TrialPruned
 from cnnlab.config.backend import use_backend
 from cnnlab.config.machine import describe as describe_machine
 from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import capped, group_key, plain, platform_of, uses_mirror
+from cnnlab.config.settings import capped, group_key, plain, platform_of, result_key, uses_mirror
 from cnnlab.core import loop
 from cnnlab.core.data import Dataset, splits
 from cnnlab.core.evaluation import evaluate_model
@@ -77,14 +77,15 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     context = context or JobContext.current()
     check_job(job)
     job = capped(job)
-    RunState.refuse_if_busy(job)  # a twin job is refused at once (and creates nothing)
+    state_folder = RunState.folder_for(job.paths.checkpoints, job.project.id, result_key(job))
+    RunState.refuse_if_busy(state_folder, job.project.id)  # a twin job is refused at once (and creates nothing)
     spec = DataSpec.from_config(job.data, job.mirror, job.paths.data)
     check_source(spec)  # what is wrong with the data source without a download, before anything starts
     # Ctrl-C and SIGTERM raise Interrupted from here on, whatever this process inherited (a job started with
     # SIGINT ignored, as `cmd &` in a script starts it, would otherwise ignore a Ctrl-C until training began):
     # its run, from the instant it exists, ends KILLED and the job exits non-zero (issue #32). The state is
     # claimed before the backend starts: a twin a moment later is refused at once.
-    with signals_interrupt(), RunState.claim(job) as state:
+    with signals_interrupt(), RunState.claim(state_folder, job.project.id) as state:
         platform = platform_of(job)
         use_backend(job.backend, platform)
         with configured_overrides():

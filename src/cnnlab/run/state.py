@@ -38,8 +38,6 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from cnnlab.config.schema import JobConfig
-from cnnlab.config.settings import result_key
 from cnnlab.errors import UserError
 from cnnlab.run.checkpoint import Backup, Checkpoint, Damaged, file_sha256, journal_epochs, sealed, unseal
 from cnnlab.run.files import atomic_write, remove, remove_partials, temporary_beside, write_atomically
@@ -75,34 +73,33 @@ class RunState:
         return folder.with_name(folder.name + ".lock")
 
     @staticmethod
-    def folder_of(job: JobConfig) -> Path:
-        return Path(job.paths.checkpoints) / f"{job.project.id}-{result_key(job)}"
+    def folder_for(checkpoints: str | Path, project: str, key: str) -> Path:
+        """The state folder of a project's run of this key: `<paths.checkpoints>/<project>-<key>`."""
+        return Path(checkpoints) / f"{project}-{key}"
 
     @classmethod
-    def _busy(cls, job: JobConfig, folder: Path) -> RunBusy:
-        return RunBusy(f"{job.project.id} with these settings is being trained by another process right now (it "
+    def _busy(cls, folder: Path, project: str) -> RunBusy:
+        return RunBusy(f"{project} with these settings is being trained by another process right now (it "
                        f"holds {cls.lock_path(folder)}); wait for it to finish (running the same command again "
                        "afterwards finds its result) or change a setting")
 
     @classmethod
-    def refuse_if_busy(cls, job: JobConfig) -> None:
-        """RunBusy now if another process holds the job's state (nothing is created to find out)."""
-        folder = cls.folder_of(job)
+    def refuse_if_busy(cls, folder: Path, project: str) -> None:
+        """RunBusy now if another process holds the state `folder` (nothing is created to find out)."""
         if cls.is_claimed(folder):
-            raise cls._busy(job, folder)
+            raise cls._busy(folder, project)
 
     @classmethod
     @contextmanager
-    def claim(cls, job: JobConfig) -> Iterator[RunState]:
-        """The state of the job's run, held by this process alone until the block ends; RunBusy if another
-        process holds it."""
-        folder = cls.folder_of(job)
-        key = folder.name.removeprefix(f"{job.project.id}-")
+    def claim(cls, folder: Path, project: str) -> Iterator[RunState]:
+        """The state `folder` (`folder_for`) of the project's run, held by this process alone until the block
+        ends; RunBusy if another process holds it."""
+        key = folder.name.removeprefix(f"{project}-")
         made = not folder.parent.exists()
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire(cls.lock_path(folder))
         if lock is None:
-            raise cls._busy(job, folder)
+            raise cls._busy(folder, project)
         try:
             remove_partials(folder.parent, folder.name)  # a state folder whose removal was cut short
             yield cls(folder, key)
