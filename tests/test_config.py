@@ -13,10 +13,10 @@ from cnnlab.config.backend import use_backend
 from cnnlab.config.compose import compose
 from cnnlab.config.errors import ConfigError
 from cnnlab.config.settings import capped, result_key, settings
-from cnnlab.job.checks import validate
 from cnnlab.run.context import JobContext
 from cnnlab.run.describe import run_name
 from tests.conftest import CONF, compose_config
+from tests.support import validate
 from tests.test_models import EXPECTED_PARAMS
 
 REPORTED = {"p00": 62.10, "p01": 64.76, "p02": 67.33, "p03": 69.44, "p04": 71.54, "p05": None, "p06": None,

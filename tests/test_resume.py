@@ -19,8 +19,8 @@ from cnnlab.config.compose import compose, to_job
 from cnnlab.core.data import splits
 from cnnlab.run.data import DataSpec, load
 from cnnlab.run.faults import ENV as FAILPOINT
-from cnnlab.run.results import read_history
 from tests.conftest import folders, job_env, run_job
+from tests.support import read_history
 from tests.test_runstate import runs, steps
 
 pytestmark = pytest.mark.system

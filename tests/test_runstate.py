@@ -22,9 +22,9 @@ from cnnlab.evaluate import reevaluate
 from cnnlab.job.steps import train
 from cnnlab.run.faults import ENV as FAILPOINT
 from cnnlab.run.state import RunBusy
-from cnnlab.tracking.runs import EPOCH_METRICS
 from cnnlab.tracking.store import open_store
 from tests.conftest import ROOT, job_command, job_env, run_job
+from tests.support import EPOCH_METRICS
 
 JOB = ["project=p00", "training.epochs=3"]
 RUN_FILES = sorted(["confusion.csv", "confusion_matrix.png", "config.yaml", "history.csv", "learning_curves.png",

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.job.steps import selected_value, train
-from cnnlab.tracking.runs import EPOCH_METRICS
+from tests.support import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration
 

@@ -49,12 +49,6 @@ def reported_accuracy(project: ProjectConfig) -> float | None:
     return None if reported is None else round(reported / 100, 4)
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """history.csv's rows back as per-epoch metrics."""
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if k != "epoch" and v != ""} for row in csv.DictReader(f)]
-
-
 def write_history(history: list[dict[str, float]], path: Path) -> None:
     """history.csv: one row per epoch of the whole (possibly resumed) run, counted from 1 as Keras' log and the
     plots count, with the metrics it has (the journal's placeholders for metrics an epoch did not have, such as
