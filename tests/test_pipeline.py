@@ -5,61 +5,20 @@ metrics/plots/experiments views, and the MLflow UI in headless Chromium against 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, answer, free_port, job_env, wait_for
+from tests.conftest import ROOT, answer, free_port, wait_for
+from tests.support import ARTIFACTS, BROWSER_ARGS, PROJECTS, find_chromium, git_copy, listing, sh, stages_run
 
 pytestmark = pytest.mark.system
-PROJECTS = [*(f"p{i:02d}" for i in range(12)), "p11_transforms"]  # the seed table, P11 two ways
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def sh(repo: Path, *cmd: str, check: bool = True, timeout: int | None = 900,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    extra = env or {}
-    env = job_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                  DVC_NO_ANALYTICS="1",
-                  GIT_AUTHOR_NAME="cnnlab tests", GIT_AUTHOR_EMAIL="tests@cnnlab.invalid",
-                  GIT_COMMITTER_NAME="cnnlab tests", GIT_COMMITTER_EMAIL="tests@cnnlab.invalid")
-    env.pop("KERAS_BACKEND", None)  # the pipeline's backend is params.yaml's
-    env.update(extra)
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-4000:]}")
-    return done
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def git_copy(repo: Path, **params: Any) -> Path:
-    """A new git repository at `repo` with this repository's files (tracked, or untracked and not ignored) and
-    params.yaml updated with `params`, committed."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    committed = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**committed, **params}))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "copy")
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -141,24 +100,11 @@ def test_dvc_metrics_plots_and_experiments_show_test_accuracy(repo: Path) -> Non
         assert f"metrics/s42/{project}.json:test_accuracy" in table
 
 
-def _chromium() -> str:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests: install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine")
-    return chromium
-
-
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
-
-
 @pytest.mark.browser
 def test_the_plots_page_shows_learning_curves_and_confusion_matrices_offline(repo: Path) -> None:
     """`dvc plots show` with every network request refused (Vega's scripts come from a CDN): the static images of
     the learning curves and confusion matrices still load and show."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     sh(repo, "dvc", "plots", "show", "--out", "dvc_plots_offline")
@@ -254,8 +200,6 @@ def test_the_backend_is_a_param_that_retrains_every_project(repo: Path) -> None:
 def test_editing_one_model_retrains_exactly_that_project(repo: Path) -> None:
     """In this copy of the checkout, with this checkout's environment (its editable install points here): the
     copy's config is trained and nothing of this checkout is written (cnnlab.run.checkout)."""
-    from tests.test_checkout import listing
-
     model = repo / "conf" / "model" / "p05.yaml"
     model.write_text(model.read_text().replace("{type: Dense, units: 32,", "{type: Dense, units: 48,"))
     before, runs_before = listing(ROOT), len(mlflow_runs(repo))
@@ -295,7 +239,7 @@ def test_an_experiment_with_p12_and_an_epoch_cap_runs(repo: Path) -> None:
 @pytest.mark.browser
 def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -> None:
     """The runs table as it opens, no columns added: every run's name carries its data, cap and test accuracy."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     port = free_port()

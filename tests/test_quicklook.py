@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
-from tests.test_pipeline import PROJECTS, git_copy, sh
+from tests.support import PROJECTS, git_copy, sh
 
 pytestmark = pytest.mark.system
 QUICK_LOOK = "dvc exp run --temp -S data=tiny -S max_epochs=1 -S 'seeds=[42]'"

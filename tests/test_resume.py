@@ -20,8 +20,7 @@ from cnnlab.core.data import splits
 from cnnlab.run.data import DataSpec, load
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import folders, job_env, run_job
-from tests.support import read_history
-from tests.test_runstate import runs, steps
+from tests.support import read_history, runs, steps
 
 pytestmark = pytest.mark.system
 PROJECTS = {
