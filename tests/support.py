@@ -1,5 +1,8 @@
 """What several test files share, beside conftest.py's fixtures: no test_*.py imports another one
-(tests/test_layout.py checks it), and code that only tests use lives here rather than in src/."""
+(tests/test_layout.py checks it), and code that only tests use lives here rather than in src/.
+
+The projects are read, never listed: `conf_projects()` is every file of conf/project/, `pipeline_projects()` the
+committed params.yaml's `projects`, so a new project is one new file (and its model) and no test is edited."""
 
 from __future__ import annotations
 
@@ -17,15 +20,37 @@ import yaml
 
 from cnnlab.config.schema import JobConfig
 from cnnlab.job.checks import check_buildable, check_job
-from tests.conftest import ROOT, job_env
+from tests.conftest import CONF, ROOT, job_env
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 ARTIFACTS = ROOT / "test-artifacts"
-PROJECTS = [*(f"p{i:02d}" for i in range(12)), "p11_transforms"]  # the seed table, P11 two ways
 # What a training logs at every epoch (one step each).
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
+
+
+def conf_projects() -> list[str]:
+    """Every project there is: the names of conf/project/*.yaml, sorted."""
+    return sorted(p.stem for p in (CONF / "project").glob("*.yaml"))
+
+
+def pipeline_projects() -> list[str]:
+    """The projects the committed params.yaml has the pipeline build, in its order."""
+    return list(yaml.safe_load((ROOT / "params.yaml").read_text())["projects"])
+
+
+def project_file(project: str) -> dict[str, Any]:
+    """conf/project/<project>.yaml as written (its defaults list and its `project` section), not composed."""
+    return yaml.safe_load((CONF / "project" / f"{project}.yaml").read_text())
+
+
+def chosen(project: str, group: str) -> str | None:
+    """The option of `group` (model, augmentation, training) that conf/project/<project>.yaml picks, if any."""
+    for entry in project_file(project).get("defaults", []):
+        if isinstance(entry, dict) and f"override /{group}" in entry:
+            return entry[f"override /{group}"]
+    return None
 
 
 def validate(job: JobConfig) -> None:

@@ -16,16 +16,36 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, answer, free_port, wait_for
-from tests.support import ARTIFACTS, BROWSER_ARGS, PROJECTS, find_chromium, git_copy, listing, sh, stages_run
+from tests.support import (
+    ARTIFACTS,
+    BROWSER_ARGS,
+    chosen,
+    conf_projects,
+    find_chromium,
+    git_copy,
+    listing,
+    pipeline_projects,
+    project_file,
+    sh,
+    stages_run,
+)
 
 pytestmark = pytest.mark.system
+PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P11 two ways
+# a run's name starts with its project
+NAMED = rf"(?:{'|'.join(map(re.escape, PROJECTS))}) test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{{6}}"
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert params["projects"] == PROJECTS and params["data"] == "cifar10", "the committed default is the real table"
+    listed = params["projects"]
+    assert len(set(listed)) == len(listed) and set(listed) <= set(conf_projects()), "each a file of conf/project/"
+    assert {p for p in conf_projects() if project_file(p)["project"].get("reported_accuracy") is not None} <= \
+        set(listed), "every project with the source's figure"
+    assert all(project_file(p)["project"].get("follows") in (None, *listed) for p in listed), "and every step"
+    assert params["data"] == "cifar10", "the committed default is the real table"
     assert params["seeds"] == [42, 43, 44], "over three seeds"
     repo = git_copy(tmp_path_factory.mktemp("pipeline") / "cnnlab", data="tiny", max_epochs=1, seeds=[42])
     started = time.perf_counter()
@@ -44,7 +64,7 @@ def mlflow_runs(repo: Path):
 
 def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
     runs = mlflow_runs(repo)
-    assert sorted(r.data.tags["project"] for r in runs) == PROJECTS
+    assert sorted(r.data.tags["project"] for r in runs) == sorted(PROJECTS)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["dvc_stage"] for r in runs} == {f"train@{p}-42" for p in PROJECTS}
     for project in PROJECTS:
@@ -77,8 +97,7 @@ def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
         assert metrics["epoch_cap"] == 1 and metrics["device"] == device
         assert metrics["reported_accuracy"] is None or metrics["reported_accuracy"] < 1, "fractions, one unit"
     assert {r.data.tags["epoch_cap"] for r in runs} == {"1"}
-    named = r"p\d\d(?:_transforms)? test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{6}"
-    assert all(re.fullmatch(named, r.info.run_name) for r in runs), [r.info.run_name for r in runs]
+    assert all(re.fullmatch(NAMED, r.info.run_name) for r in runs), [r.info.run_name for r in runs]
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -217,8 +236,9 @@ def test_a_shared_training_default_invalidates_the_projects_using_it(repo: Path)
     setup.write_text(setup.read_text().replace("batch_size: 32", "batch_size: 16"))
     sh(repo, "dvc", "repro", "compose")
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    assert {s for s in status if s.startswith("train@")} == {f"train@{p}-42" for p in ("p08", "p09", "p10", "p11",
-                                                                                      "p11_transforms")}
+    using = {p for p in PROJECTS if chosen(p, "training") == "batch32"}  # P08-P11 and P11_TRANSFORMS as committed
+    assert using, "some project of the table uses it"
+    assert {s for s in status if s.startswith("train@")} == {f"train@{p}-42" for p in using}
     sh(repo, "git", "checkout", "conf")
     sh(repo, "dvc", "repro", "compose")
     assert "up to date" in sh(repo, "dvc", "status").stdout
@@ -266,8 +286,8 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
             expected.setdefault(r.data.tags["project"], []).append(100 * r.data.metrics["test_accuracy"])
         shown = []
         for name in names:  # the cell's text starts with the run's colour, then its name
-            match = re.fullmatch(r"(p\d\d(?:_transforms)?) test (\d+\.\d)% · tiny · 1 ep \(cap 1\) · [0-9a-f]{6}",
-                                 name.strip().splitlines()[-1])
+            match = re.fullmatch(rf"({'|'.join(map(re.escape, PROJECTS))}) test (\d+\.\d)% · tiny · 1 ep \(cap 1\) · "
+                                 r"[0-9a-f]{6}", name.strip().splitlines()[-1])
             assert match, name
             shown.append((match[1], float(match[2])))
         assert sorted(project for project, _ in shown) == sorted(r.data.tags["project"] for r in stored)
