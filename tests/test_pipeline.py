@@ -320,3 +320,59 @@ def test_seeds_fan_out_and_a_new_seed_trains_only_its_stages(tmp_path: Path) -> 
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [42, 43]}))
     assert stages_run(sh(repo, "dvc", "repro").stdout) == {"report"}
     assert len(mlflow_runs(repo)) == 6
+
+
+P13_MODEL = """# P13 (a test's project): P01 with 8 filters in its second conv.
+name: p13
+input_shape: [32, 32, 3]
+num_classes: 10
+layers:
+  - {type: Conv2D, filters: 32, kernel_size: 3, padding: same, activation: relu}
+  - {type: MaxPooling2D, pool_size: 2}
+  - {type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}
+  - {type: Flatten}
+  - {type: Dense, units: 32, activation: relu}
+"""
+P13_PROJECT = """# @package _global_
+# P13 (a test's project): P01 with 8 filters in its second conv.
+defaults:
+  - override /model: p13
+  - override /augmentation: none
+  - override /training: default
+
+project:
+  id: p13
+  reported_accuracy: null
+  description: "P01 with 8 filters in its second conv"
+  follows: p00
+"""
+
+
+def test_a_new_project_is_two_files_and_the_pipeline_and_the_report_take_it(tmp_path: Path) -> None:
+    """P13 added as docs/configs.md adds a project: conf/project/p13.yaml, conf/model/p13.yaml and its name in
+    params.yaml's projects, no code edited. `dvc repro` trains it in a stage of its own and the leaderboard has its
+    row and its step from the project it follows; the command line trains it too."""
+    repo = git_copy(tmp_path / "cnnlab", data="tiny", max_epochs=1, projects=["p00", "p13"], seeds=[42])
+    (repo / "conf" / "model" / "p13.yaml").write_text(P13_MODEL)
+    (repo / "conf" / "project" / "p13.yaml").write_text(P13_PROJECT)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "P13")
+    done = sh(repo, "dvc", "repro", timeout=None)
+    assert {"train@p00-42", "train@p13-42", "report"} <= stages_run(done.stdout) <= \
+        {"fetch", "prepare", "compose", "train@p00-42", "train@p13-42", "report"}, done.stdout
+    metrics = json.loads((repo / "metrics" / "s42" / "p13.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["test_accuracy"] <= 1 and metrics["reported_accuracy"] is None
+    conv = 3 * 3 * 3 * 32 + 32 + 3 * 3 * 32 * 8 + 8
+    assert metrics["params"] == conv + 16 * 16 * 8 * 32 + 32 + 32 * 10 + 10 == 69_106, "conf/model/p13.yaml's model"
+    report = (repo / "reports" / "leaderboard.md").read_text()
+    assert re.search(r"^\| P13 \| 1 \| ", report, re.MULTILINE), report
+    assert re.search(r"^\| P00 → P13 \| P01 with 8 filters in its second conv \| ", report, re.MULTILINE), report
+    assert {r.data.tags["dvc_stage"] for r in mlflow_runs(repo)} == {"train@p00-42", "train@p13-42"}
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    trained = sh(repo, "python", "-m", "cnnlab.train", "project=p13", "data=tiny", "training.epochs=1",
+                 "training.seed=1", "tracking.log_model=false", "tracking.system_metrics=false")
+    assert trained.returncode == 0
+    (run,) = [r for r in mlflow_runs(repo) if "dvc_stage" not in r.data.tags]
+    assert (run.data.tags["project"], run.data.params["training.seed"], run.info.status) == ("p13", "1", "FINISHED")
+    assert json.loads((repo / "runs" / "p13" / run.info.run_id / "metrics.json").read_text())["epochs"] == 1
