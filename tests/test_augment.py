@@ -24,6 +24,11 @@ def test_augmentation_configs_build_fit_and_keep_shape(name: str) -> None:
     pipeline = keras.Sequential(layers) if layers else None
     if pipeline is not None:
         assert keras.ops.convert_to_numpy(pipeline(images, training=True)).shape == images.shape
+    core = build_model(model_config("p00"))
+    between = [layer.name for layer in assemble(core, layers).layers]
+    assert between == ["pixels", "scale", *(["augmentation"] if specs else []), core.name], "inside the model"
+    if name == "none":  # no layer at all: the scaled batch goes to the model exactly as it is
+        assert specs == [] and layers == [] and between == ["pixels", "scale", core.name]
 
 
 def test_p11_model_saves_and_loads_with_its_fitted_statistics(tmp_path) -> None:

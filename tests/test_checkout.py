@@ -13,16 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, job_env
-from tests.test_pipeline import git_copy
+from tests.support import git_copy, listing
 
 pytestmark = pytest.mark.system
-WATCHED = ("runs", "checkpoints", "logs", "mlflow.db", "mlruns", "outputs", "composed")
-
-
-def listing(root: Path) -> dict[str, list[str]]:
-    """What this checkout holds where jobs write, to tell that nothing was added."""
-    return {name: sorted(str(p.relative_to(root)) for p in (root / name).rglob("*")) if (root / name).is_dir()
-            else [name] if (root / name).exists() else [] for name in WATCHED}
 
 
 def test_a_second_clone_trains_its_own_config_and_code(tmp_path: Path) -> None:

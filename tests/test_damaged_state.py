@@ -19,7 +19,7 @@ import pytest
 from cnnlab.job.steps import train
 from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import job_env, run_job
-from tests.test_runstate import runs, steps, store
+from tests.support import runs, steps, store
 
 pytestmark = pytest.mark.system
 JOB = ("project=p01", "training.epochs=3", "tracking.log_model=false")

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.test_pipeline import git_copy, sh, stages_run
+from tests.support import git_copy, sh, stages_run
 
 pytestmark = pytest.mark.system
 PUBLISHED = ["dvc.lock", "metrics/s42/p00.json", "reports/leaderboard.md", "plots/s42/p00/history.csv"]

@@ -1,7 +1,7 @@
 """The package's architecture, read from its source: below the command lines no function takes the raw Hydra
 config (typed sections go down), only `cnnlab.tracking` imports MLflow, and every import of cnnlab's own modules
 (at the top of a module or inside a function) goes down the declared package order, with no cycle between
-modules."""
+modules, and no test file imports another."""
 
 from __future__ import annotations
 
@@ -186,3 +186,32 @@ def test_top_level_imports_have_no_cycle() -> None:
     for module in sorted(graph):
         if module not in seen:
             visit(module, [])
+
+
+def imported_test_modules(tree: ast.Module) -> set[str]:
+    """The test files a module imports (`tests.test_x`, `from tests import test_x`, `from .test_x import y`),
+    at the top or inside functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("tests.test_")}
+        elif isinstance(node, ast.ImportFrom):
+            module = ("tests." if node.level else "") + (node.module or "")
+            if module.rstrip(".") == "tests":
+                found |= {f"tests.{alias.name}" for alias in node.names if alias.name.startswith("test_")}
+            elif module.startswith("tests.test_"):
+                found.add(".".join(module.split(".")[:2]))
+    return found
+
+
+def test_no_test_file_imports_another() -> None:
+    """What test files share lives in tests/conftest.py or tests/support.py: a test file imported by another
+    runs its own tests' module code there and ties the two together."""
+    sample = ast.parse("from tests.test_a import b\nimport tests.test_c\nfrom . import test_d, support\n"
+                       "from .test_e import f\nfrom tests.support import g\nfrom tests import conftest\n"
+                       "def h():\n    from tests.test_i import j\n")
+    assert imported_test_modules(sample) == {"tests.test_a", "tests.test_c", "tests.test_d", "tests.test_e",
+                                             "tests.test_i"}, "the check sees every form"
+    importing = {p.name: sorted(imported_test_modules(ast.parse(p.read_text())))
+                 for p in sorted((ROOT / "tests").glob("test_*.py"))}
+    assert {name: found for name, found in importing.items() if found} == {}

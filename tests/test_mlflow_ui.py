@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnlab.tracking.store import EXPERIMENT_KIND, MODEL_DEVELOPMENT, open_store, ui_url
 from tests.conftest import answer, free_port, wait_for
-from tests.test_pipeline import ARTIFACTS, BROWSER_ARGS, _chromium
+from tests.support import ARTIFACTS, BROWSER_ARGS, find_chromium
 
 RUN_NAME = "p00 test 61.2% · quick look"
 STORED_CHOICE = "mlflow.workflowType_v1"  # MLflow's localStorage key of the switch: `${key}_v${version}`
@@ -88,7 +88,7 @@ def shows_the_runs_table(page, screenshot: str) -> None:
 def test_cnnlabs_link_opens_the_experiment_on_its_runs_table(make_cfg, workdir: Path) -> None:
     """The experiment's link as cnnlab writes it shows the runs table with the run's name (screenshot in
     test-artifacts/)."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     with mlflow_ui(make_cfg, workdir) as (base, experiment_id), sync_playwright() as p:
@@ -106,7 +106,7 @@ def test_a_user_clicking_the_experiment_from_the_root_lands_where_the_docs_say(m
     chose opens cnnlab on MLflow's GenAI overview; flipping the sidebar's switch to Model training, then clicking
     cnnlab, opens its runs table, and the browser keeps that choice for its next pages (screenshots in
     test-artifacts/: mlflow_ui_plain_click.png, mlflow_ui_model_training.png, mlflow_ui_model_training_later.png)."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     with mlflow_ui(make_cfg, workdir) as (base, experiment_id), sync_playwright() as p:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cnnlab.config.schema import ModelConfig
@@ -30,6 +32,15 @@ def test_p09_and_p10_differ_from_p08_only_in_dropout() -> None:
     assert rates["p08"] == [0.3, 0.3, 0.3, 0.3, 0.2, 0.1]
     assert rates["p09"] == [0.3, 0.3, 0.4, 0.3, 0.2, 0.1]
     assert rates["p10"] == [0.2, 0.2, 0.2, 0.2, 0.2, 0.1]
+
+    def without_rates(project: str) -> dict:
+        """The whole model config but its name, each Dropout layer kept in its place without its rate."""
+        config = dataclasses.asdict(model_config(project))
+        layers = [{k: v for k, v in spec.items() if not (spec["type"] == "Dropout" and k == "rate")}
+                  for spec in config.pop("layers")]
+        return {**{k: v for k, v in config.items() if k != "name"}, "layers": layers}
+
+    assert without_rates("p09") == without_rates("p08") == without_rates("p10")
 
 
 def test_p12_resnet9_is_a_resnet9_with_a_scaled_head() -> None:

@@ -5,68 +5,47 @@ metrics/plots/experiments views, and the MLflow UI in headless Chromium against 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, answer, free_port, job_env, wait_for
+from tests.conftest import ROOT, answer, free_port, wait_for
+from tests.support import (
+    ARTIFACTS,
+    BROWSER_ARGS,
+    chosen,
+    conf_projects,
+    find_chromium,
+    git_copy,
+    listing,
+    pipeline_projects,
+    project_file,
+    sh,
+    stages_run,
+)
 
 pytestmark = pytest.mark.system
-PROJECTS = [*(f"p{i:02d}" for i in range(12)), "p11_transforms"]  # the seed table, P11 two ways
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def sh(repo: Path, *cmd: str, check: bool = True, timeout: int | None = 900,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    extra = env or {}
-    env = job_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                  DVC_NO_ANALYTICS="1",
-                  GIT_AUTHOR_NAME="cnnlab tests", GIT_AUTHOR_EMAIL="tests@cnnlab.invalid",
-                  GIT_COMMITTER_NAME="cnnlab tests", GIT_COMMITTER_EMAIL="tests@cnnlab.invalid")
-    env.pop("KERAS_BACKEND", None)  # the pipeline's backend is params.yaml's
-    env.update(extra)
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-4000:]}")
-    return done
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def git_copy(repo: Path, **params: Any) -> Path:
-    """A new git repository at `repo` with this repository's files (tracked, or untracked and not ignored) and
-    params.yaml updated with `params`, committed."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    committed = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**committed, **params}))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "copy")
-    return repo
+PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P11 two ways
+# a run's name starts with its project
+NAMED = rf"(?:{'|'.join(map(re.escape, PROJECTS))}) test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{{6}}"
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert params["projects"] == PROJECTS and params["data"] == "cifar10", "the committed default is the real table"
+    listed = params["projects"]
+    assert len(set(listed)) == len(listed) and set(listed) <= set(conf_projects()), "each a file of conf/project/"
+    assert {p for p in conf_projects() if project_file(p)["project"].get("reported_accuracy") is not None} <= \
+        set(listed), "every project with the source's figure"
+    assert all(project_file(p)["project"].get("follows") in (None, *listed) for p in listed), "and every step"
+    assert params["data"] == "cifar10", "the committed default is the real table"
     assert params["seeds"] == [42, 43, 44], "over three seeds"
     repo = git_copy(tmp_path_factory.mktemp("pipeline") / "cnnlab", data="tiny", max_epochs=1, seeds=[42])
     started = time.perf_counter()
@@ -85,7 +64,7 @@ def mlflow_runs(repo: Path):
 
 def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
     runs = mlflow_runs(repo)
-    assert sorted(r.data.tags["project"] for r in runs) == PROJECTS
+    assert sorted(r.data.tags["project"] for r in runs) == sorted(PROJECTS)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["dvc_stage"] for r in runs} == {f"train@{p}-42" for p in PROJECTS}
     for project in PROJECTS:
@@ -118,8 +97,7 @@ def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
         assert metrics["epoch_cap"] == 1 and metrics["device"] == device
         assert metrics["reported_accuracy"] is None or metrics["reported_accuracy"] < 1, "fractions, one unit"
     assert {r.data.tags["epoch_cap"] for r in runs} == {"1"}
-    named = r"p\d\d(?:_transforms)? test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{6}"
-    assert all(re.fullmatch(named, r.info.run_name) for r in runs), [r.info.run_name for r in runs]
+    assert all(re.fullmatch(NAMED, r.info.run_name) for r in runs), [r.info.run_name for r in runs]
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -141,24 +119,11 @@ def test_dvc_metrics_plots_and_experiments_show_test_accuracy(repo: Path) -> Non
         assert f"metrics/s42/{project}.json:test_accuracy" in table
 
 
-def _chromium() -> str:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests: install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine")
-    return chromium
-
-
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
-
-
 @pytest.mark.browser
 def test_the_plots_page_shows_learning_curves_and_confusion_matrices_offline(repo: Path) -> None:
     """`dvc plots show` with every network request refused (Vega's scripts come from a CDN): the static images of
     the learning curves and confusion matrices still load and show."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     sh(repo, "dvc", "plots", "show", "--out", "dvc_plots_offline")
@@ -282,8 +247,6 @@ def test_the_backend_is_a_param_that_retrains_every_project(repo: Path) -> None:
 def test_editing_one_model_retrains_exactly_that_project(repo: Path) -> None:
     """In this copy of the checkout, with this checkout's environment (its editable install points here): the
     copy's config is trained and nothing of this checkout is written (cnnlab.run.checkout)."""
-    from tests.test_checkout import listing
-
     model = repo / "conf" / "model" / "p05.yaml"
     model.write_text(model.read_text().replace("{type: Dense, units: 32,", "{type: Dense, units: 48,"))
     before, runs_before = listing(ROOT), len(mlflow_runs(repo))
@@ -301,8 +264,9 @@ def test_a_shared_training_default_invalidates_the_projects_using_it(repo: Path)
     setup.write_text(setup.read_text().replace("batch_size: 32", "batch_size: 16"))
     sh(repo, "dvc", "repro", "compose")
     status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    assert {s for s in status if s.startswith("train@")} == {f"train@{p}-42" for p in ("p08", "p09", "p10", "p11",
-                                                                                      "p11_transforms")}
+    using = {p for p in PROJECTS if chosen(p, "training") == "batch32"}  # P08-P11 and P11_TRANSFORMS as committed
+    assert using, "some project of the table uses it"
+    assert {s for s in status if s.startswith("train@")} == {f"train@{p}-42" for p in using}
     sh(repo, "git", "checkout", "conf")
     sh(repo, "dvc", "repro", "compose")
     assert "up to date" in sh(repo, "dvc", "status").stdout
@@ -323,7 +287,7 @@ def test_an_experiment_with_p12_and_an_epoch_cap_runs(repo: Path) -> None:
 @pytest.mark.browser
 def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -> None:
     """The runs table as it opens, no columns added: every run's name carries its data, cap and test accuracy."""
-    chromium = _chromium()
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -350,8 +314,8 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
             expected.setdefault(r.data.tags["project"], []).append(100 * r.data.metrics["test_accuracy"])
         shown = []
         for name in names:  # the cell's text starts with the run's colour, then its name
-            match = re.fullmatch(r"(p\d\d(?:_transforms)?) test (\d+\.\d)% · tiny · 1 ep \(cap 1\) · [0-9a-f]{6}",
-                                 name.strip().splitlines()[-1])
+            match = re.fullmatch(rf"({'|'.join(map(re.escape, PROJECTS))}) test (\d+\.\d)% · tiny · 1 ep \(cap 1\) · "
+                                 r"[0-9a-f]{6}", name.strip().splitlines()[-1])
             assert match, name
             shown.append((match[1], float(match[2])))
         assert sorted(project for project, _ in shown) == sorted(r.data.tags["project"] for r in stored)
@@ -384,3 +348,59 @@ def test_seeds_fan_out_and_a_new_seed_trains_only_its_stages(tmp_path: Path) -> 
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [42, 43]}))
     assert stages_run(sh(repo, "dvc", "repro").stdout) == {"report"}
     assert len(mlflow_runs(repo)) == 6
+
+
+P13_MODEL = """# P13 (a test's project): P01 with 8 filters in its second conv.
+name: p13
+input_shape: [32, 32, 3]
+num_classes: 10
+layers:
+  - {type: Conv2D, filters: 32, kernel_size: 3, padding: same, activation: relu}
+  - {type: MaxPooling2D, pool_size: 2}
+  - {type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}
+  - {type: Flatten}
+  - {type: Dense, units: 32, activation: relu}
+"""
+P13_PROJECT = """# @package _global_
+# P13 (a test's project): P01 with 8 filters in its second conv.
+defaults:
+  - override /model: p13
+  - override /augmentation: none
+  - override /training: default
+
+project:
+  id: p13
+  reported_accuracy: null
+  description: "P01 with 8 filters in its second conv"
+  follows: p00
+"""
+
+
+def test_a_new_project_is_two_files_and_the_pipeline_and_the_report_take_it(tmp_path: Path) -> None:
+    """P13 added as docs/configs.md adds a project: conf/project/p13.yaml, conf/model/p13.yaml and its name in
+    params.yaml's projects, no code edited. `dvc repro` trains it in a stage of its own and the leaderboard has its
+    row and its step from the project it follows; the command line trains it too."""
+    repo = git_copy(tmp_path / "cnnlab", data="tiny", max_epochs=1, projects=["p00", "p13"], seeds=[42])
+    (repo / "conf" / "model" / "p13.yaml").write_text(P13_MODEL)
+    (repo / "conf" / "project" / "p13.yaml").write_text(P13_PROJECT)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "P13")
+    done = sh(repo, "dvc", "repro", timeout=None)
+    assert {"train@p00-42", "train@p13-42", "report"} <= stages_run(done.stdout) <= \
+        {"fetch", "prepare", "compose", "train@p00-42", "train@p13-42", "report"}, done.stdout
+    metrics = json.loads((repo / "metrics" / "s42" / "p13.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["test_accuracy"] <= 1 and metrics["reported_accuracy"] is None
+    conv = 3 * 3 * 3 * 32 + 32 + 3 * 3 * 32 * 8 + 8
+    assert metrics["params"] == conv + 16 * 16 * 8 * 32 + 32 + 32 * 10 + 10 == 69_106, "conf/model/p13.yaml's model"
+    report = (repo / "reports" / "leaderboard.md").read_text()
+    assert re.search(r"^\| P13 \| 1 \| ", report, re.MULTILINE), report
+    assert re.search(r"^\| P00 → P13 \| P01 with 8 filters in its second conv \| ", report, re.MULTILINE), report
+    assert {r.data.tags["dvc_stage"] for r in mlflow_runs(repo)} == {"train@p00-42", "train@p13-42"}
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    trained = sh(repo, "python", "-m", "cnnlab.train", "project=p13", "data=tiny", "training.epochs=1",
+                 "training.seed=1", "tracking.log_model=false", "tracking.system_metrics=false")
+    assert trained.returncode == 0
+    (run,) = [r for r in mlflow_runs(repo) if "dvc_stage" not in r.data.tags]
+    assert (run.data.tags["project"], run.data.params["training.seed"], run.info.status) == ("p13", "1", "FINISHED")
+    assert json.loads((repo / "runs" / "p13" / run.info.run_id / "metrics.json").read_text())["epochs"] == 1

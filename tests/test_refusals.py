@@ -24,7 +24,7 @@ from cnnlab.core.data import DataError
 from cnnlab.errors import UserError
 from cnnlab.run.state import RunState
 from tests.conftest import ROOT, compose_config, folders, job_command, job_env
-from tests.test_runstate import runs
+from tests.support import runs
 
 pytestmark = pytest.mark.system
 HEAVY = ("tensorflow", "mlflow")

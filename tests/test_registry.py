@@ -38,7 +38,7 @@ def test_the_best_version_respects_direction_and_a_missing_value() -> None:
 
 def test_register_is_refused_without_a_logged_model(make_cfg) -> None:
     from cnnlab.config.errors import ConfigError
-    from cnnlab.job.checks import validate
+    from tests.support import validate
 
     with pytest.raises(ConfigError, match="registry.register"):
         validate(make_cfg(*COMMON, "tracking.log_model=false"))

@@ -21,7 +21,7 @@ from cnnlab.run.data import DataSpec, load
 from cnnlab.run.faults import ENV as FAILPOINT
 from cnnlab.run.results import read_history
 from tests.conftest import folders, job_env, run_job
-from tests.test_runstate import runs, steps
+from tests.support import runs, steps
 
 pytestmark = pytest.mark.system
 PROJECTS = {

@@ -17,6 +17,7 @@ from cnnlab.config.code import CodeBase, strings
 from cnnlab.config.machine import bf16_is_fast, bf16_is_fast_here, compute_platform, cpu_info, isa_level, op_determinism
 from cnnlab.config.settings import result_key, settings, without_unset
 from tests.conftest import ROOT, compose_config
+from tests.support import pipeline_projects
 
 SRC = ROOT / "src" / "cnnlab"
 
@@ -87,7 +88,7 @@ def test_a_change_to_a_layer_retrains_exactly_the_projects_that_name_it(source: 
     assert digests(source, ["p07"])["p07"] == changed["p07"]
 
 
-SEED_PROJECTS = ("p00", "p01", "p02", "p03", "p04", "p05", "p06", "p07", "p08", "p09", "p10", "p11", "p11_transforms")
+SEED_PROJECTS = tuple(pipeline_projects())  # the committed params.yaml's: the seed table, P11 two ways
 
 
 def test_p12s_recipe_changes_no_seed_projects_key_and_p12_reaches_it(source: Path) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import keras
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cnnlab.config.errors import ConfigError
 from cnnlab.config.settings import result_key
@@ -23,27 +22,13 @@ from cnnlab.evaluate import reevaluate
 from cnnlab.job.steps import train
 from cnnlab.run.faults import ENV as FAILPOINT
 from cnnlab.run.state import RunBusy
-from cnnlab.tracking.runs import EPOCH_METRICS
 from cnnlab.tracking.store import open_store
 from tests.conftest import ROOT, job_command, job_env, run_job
+from tests.support import EPOCH_METRICS, runs, steps, store
 
 JOB = ["project=p00", "training.epochs=3"]
 RUN_FILES = sorted(["confusion.csv", "confusion_matrix.png", "config.yaml", "history.csv", "learning_curves.png",
                     "metrics.json", "model.keras", "run.json"])
-
-
-def store(workdir: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-
-
-def runs(workdir: Path) -> list:
-    client = store(workdir)
-    experiment = client.get_experiment_by_name("cnnlab")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]) if experiment else []
-
-
-def steps(workdir: Path, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in store(workdir).get_metric_history(run_id, key))
 
 
 def assert_one_complete_run(workdir: Path, epochs: int, log_model: bool = True, store_dir: Path | None = None) -> str:

@@ -17,7 +17,7 @@ from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.job.steps import selected_value, train
 from cnnlab.run.results import read_confusion
-from cnnlab.tracking.runs import EPOCH_METRICS
+from tests.support import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration
 

@@ -31,12 +31,6 @@ def check_id(key: str, value: Any) -> str:
     return value
 
 
-def validate(job: JobConfig) -> None:
-    """All checks, `check_job` then `check_buildable`."""
-    check_job(job)
-    check_buildable(job)
-
-
 def check_job(job: JobConfig) -> None:
     """Everything that needs neither Keras nor data, the first bad key raising a ConfigError."""
     check_id("project.id", job.project.id)

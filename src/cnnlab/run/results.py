@@ -52,7 +52,7 @@ def reported_accuracy(project: ProjectConfig) -> float | None:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """history.csv's rows back as per-epoch metrics."""
+    """history.csv's rows back as per-epoch metrics (what the figures are drawn from again)."""
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if k != "epoch" and v != ""} for row in csv.DictReader(f)]
 

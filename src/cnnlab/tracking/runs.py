@@ -35,7 +35,6 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its star
 
 KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
 PRUNED_TAG = "optuna.state"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
 
 def rename(run_id: str, name: str) -> None:
