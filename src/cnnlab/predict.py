@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     batch = np.stack([read_image(path) for path in args.images])
     # imports MLflow (seconds): only once the images are read, so a bad file is refused at once
-    from cnnlab.tracking.model import ModelNotFound, download, load_pyfunc
+    from cnnlab.tracking.logged_model import ModelNotFound, download, load_pyfunc
 
     try:
         local = download(args.model)

@@ -38,7 +38,7 @@ from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
 from cnnlab.tracking import epochs, groups, registry, runs
 from cnnlab.tracking.epochs import log_datasets
-from cnnlab.tracking.model import log_model_once
+from cnnlab.tracking.logged_model import log_model_once
 from cnnlab.tracking.store import open_store
 from cnnlab.tracking.sweep import record_job
 
