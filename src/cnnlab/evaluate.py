@@ -129,7 +129,7 @@ def task(cfg: DictConfig) -> float:
     out_dir = Path(context.output_dir)
     metrics = reevaluate(job, out_dir)
     if context.launcher_run_id:  # `mlflow run . -e evaluate`: its run holds the evaluation
-        from cnnlab.tracking.runs import log_evaluation  # imports MLflow: only for `mlflow run`'s evaluation
+        from cnnlab.tracking.evaluation import log_evaluation  # imports MLflow: only for `mlflow run`'s evaluation
 
         open_store(job.tracking)
         log_evaluation(context.launcher_run_id, f"{job.project.id} evaluate · {Path(metrics['model']).parent.name}",

@@ -36,7 +36,7 @@ from cnnlab.run.seeds import summarize
 from cnnlab.run.signals import signals_interrupt
 from cnnlab.run.state import RunState, StateDamaged
 from cnnlab.search import study
-from cnnlab.tracking import epochs, groups, registry, runs
+from cnnlab.tracking import abandoned, epochs, groups, registry, runs
 from cnnlab.tracking.epochs import log_datasets
 from cnnlab.tracking.logged_model import log_model_once
 from cnnlab.tracking.store import open_store
@@ -98,7 +98,7 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
         try:
             state.verify()  # each file checked; a damaged one named, the run continued from what is intact
         except StateDamaged as err:
-            runs.end_state_runs(experiment_id, state, str(err))
+            abandoned.end_state_runs(experiment_id, state, str(err))
             raise
         data = load(spec)
         md5 = spec.md5 or "-"

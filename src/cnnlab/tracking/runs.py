@@ -1,9 +1,6 @@
 """A training job's MLflow run: continued when its state says so, nested under a sweep's parent run, reused when a
-run of the same key finished, ended as what happened (never FINISHED unless it finished), failure records, and runs
-that their process abandoned ended KILLED.
-
-Runs carry the tags `cnnlab.key` (the hash of their settings), `cnnlab.host` and `cnnlab.state` (the state
-folder whose lock a live job holds): a RUNNING run on this host whose state nobody holds has lost its job."""
+run of the same key finished, ended as what happened (never FINISHED unless it finished), and failure records.
+Runs their process abandoned are ended by cnnlab.tracking.abandoned."""
 
 from __future__ import annotations
 
@@ -26,14 +23,14 @@ from optuna import TrialPruned
 from cnnlab.config.schema import TrackingConfig
 from cnnlab.run import faults
 from cnnlab.run.checkpoint import Damaged
-from cnnlab.run.host import HOST, process_alive
+from cnnlab.run.host import HOST
 from cnnlab.run.state import RunState, StateDamaged
+from cnnlab.tracking.abandoned import HOST_TAG, KEY_TAG, STATE_TAG, end_abandoned_runs, state_runs
 from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, on every run
 
-KEY_TAG, HOST_TAG, STATE_TAG, PID_TAG = "cnnlab.key", "cnnlab.host", "cnnlab.state", "cnnlab.pid"
 PRUNED_TAG = "optuna.state"
 
 
@@ -54,41 +51,6 @@ def finished_run(experiment_id: str, key: str, need_model: bool) -> Any | None:
             return run
         log.info("run %s finished without a logged model, which this job needs: not reused", run.info.run_id)
     return None
-
-
-def end_abandoned_runs(experiment_id: str) -> None:
-    """End KILLED the runs of this host that are RUNNING but whose process is gone (kill -9, a crash, a
-    reboot): a job's run whose state folder nobody holds, a sweep's parent whose process is dead. A job's run
-    stays resumable from its state."""
-    store = MlflowClient()
-    running = store.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-                                                              f"tags.`{HOST_TAG}` = '{HOST}'")
-    for run in running:
-        tags = run.data.tags
-        gone = (not process_alive(tags.get(PID_TAG))) if STATE_TAG not in tags else not RunState.is_claimed(
-            Path(tags[STATE_TAG]))
-        if gone:
-            log.warning("run %s (%s) was left RUNNING by a process that is gone: ending it KILLED",
-                        run.info.run_id, run.info.run_name)
-            store.set_tag(run.info.run_id, "error", "abandoned: its process stopped without ending the run")
-            store.set_terminated(run.info.run_id, "KILLED")
-
-
-def state_runs(experiment_id: str, state: RunState) -> list[Any]:
-    """The unfinished runs (RUNNING, KILLED, FAILED; newest first) whose job kept its state in `state`'s folder."""
-    return [run for run in MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{state.key}' and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"]) if run.data.tags.get(STATE_TAG) == str(state.folder.resolve())]
-
-
-def end_state_runs(experiment_id: str, state: RunState, reason: str) -> None:
-    """End KILLED the RUNNING runs of `state`, whose job is refused: nothing will continue them."""
-    store = MlflowClient()
-    for run in state_runs(experiment_id, state):
-        if run.info.status == "RUNNING":
-            log.warning("run %s is ended KILLED: %s", run.info.run_id, reason)
-            store.set_tag(run.info.run_id, "error", f"abandoned: {reason}"[:5000])
-            store.set_terminated(run.info.run_id, "KILLED")
 
 
 def _record(tracking: TrackingConfig, state: RunState, experiment_id: str) -> dict[str, Any] | None:
@@ -300,16 +262,3 @@ def log_results(run_id: str, metrics: dict[str, float], folder: Path, artifacts:
 def set_tags(tags: dict[str, str]) -> None:
     """Tags of the active run."""
     mlflow.set_tags(tags)
-
-
-def log_evaluation(run_id: str, name: str, tags: dict[str, str], metrics: dict[str, float], folder: Path,
-                   artifacts: list[str]) -> None:
-    """A re-evaluation's figures in the run `mlflow run` made for it (else that run would stay empty)."""
-    store = MlflowClient()
-    store.update_run(run_id, name=name)
-    for key, value in tags.items():
-        store.set_tag(run_id, key, value)
-    for key, value in metrics.items():
-        store.log_metric(run_id, key, value)
-    for artifact in artifacts:
-        store.log_artifact(run_id, str(folder / artifact))

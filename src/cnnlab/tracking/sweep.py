@@ -17,7 +17,8 @@ from cnnlab.run.checkout import current_checkout
 from cnnlab.run.context import SWEEP_RUN_ENV, SWEEP_VARIED_ENV
 from cnnlab.run.describe import CHECKOUT_TAG, PARENT_TAG
 from cnnlab.run.host import HOST
-from cnnlab.tracking.runs import HOST_TAG, PID_TAG, PRUNED_TAG, end_abandoned_runs
+from cnnlab.tracking.abandoned import HOST_TAG, PID_TAG, end_abandoned_runs
+from cnnlab.tracking.runs import PRUNED_TAG
 from cnnlab.tracking.store import open_store
 
 log = logging.getLogger(__name__)
