@@ -306,8 +306,11 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
             page.get_by_text("p11 test ", exact=False).first.wait_for(timeout=60_000)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui_runs.png"))
-            names = [page.locator(f"[role=row][row-index='{i}'] [col-id='attributes.`Run Name`']").inner_text()
+            cells = [page.locator(f"[role=row][row-index='{i}'] [col-id='attributes.`Run Name`']")
                      for i in range(len(stored))]
+            for cell in cells:  # a cell shows its colour before its name: wait for the name (a loaded CI showed it)
+                cell.filter(has_text=re.compile(r" test \d")).wait_for(timeout=60_000)
+            names = [cell.inner_text() for cell in cells]
             browser.close()
         expected: dict[str, list[float]] = {}
         for r in stored:
