@@ -87,9 +87,11 @@ def job_command(module: str, workdir: Path, data_dir: Path, *overrides: str, mul
 
 def job_env(**extra: str) -> dict[str, str]:
     """This process's environment without MLflow's variables (an in-process training in this test worker sets
-    MLFLOW_EXPERIMENT_ID), plus `extra`."""
+    MLFLOW_EXPERIMENT_ID), with this interpreter's folder first on PATH (the tools a job starts by name, `dvc`,
+    `mlflow`, MLflow's `uvicorn`, are the test environment's even where it is not activated), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": path, **extra}
 
 
 def run_job(module: str, workdir: Path, data_dir: Path, *overrides: str, multirun: bool = False,

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 ARTIFACTS = ROOT / "test-artifacts"
+# The quick look of the pipeline on tiny data that README and docs/getting-started.md give a new user.
+QUICK_LOOK = "dvc exp run --temp -S data=tiny -S max_epochs=1 -S 'seeds=[42]'"
 # What a training logs at every epoch (one step each).
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
@@ -86,8 +87,7 @@ def listing(root: Path) -> dict[str, list[str]]:
 def sh(repo: Path, *cmd: str, check: bool = True, timeout: int | None = 900,
        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     extra = env or {}
-    env = job_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                  DVC_NO_ANALYTICS="1",
+    env = job_env(DVC_NO_ANALYTICS="1",
                   GIT_AUTHOR_NAME="cnnlab tests", GIT_AUTHOR_EMAIL="tests@cnnlab.invalid",
                   GIT_COMMITTER_NAME="cnnlab tests", GIT_COMMITTER_EMAIL="tests@cnnlab.invalid")
     env.pop("KERAS_BACKEND", None)  # the pipeline's backend is params.yaml's

@@ -4,7 +4,6 @@ Ctrl-C inside them, re-evaluation, the benchmark and the MLproject entry point."
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -153,8 +152,7 @@ def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Pat
     overrides = " ".join([
         "data=tiny", f"paths.data={tiny_data_dir}", "training.epochs=1", "tracking.log_model=false",
         *(f"paths.{key}={tmp_path / key}" for key in ("runs", "checkpoints")), f"hydra.run.dir={tmp_path / 'run'}"])
-    env = job_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                  MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = job_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     # `mlflow run` creates the experiment itself; made here first so its artifacts stay in tmp_path
     MlflowClient(env["MLFLOW_TRACKING_URI"]).create_experiment("cnnlab", (tmp_path / "mlruns").as_uri())
     done = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "project=p01",

@@ -1,14 +1,19 @@
-"""`dvc repro` on tiny data in a temporary copy of the repository (never the user's data or store): the
-whole pipeline, no-op reruns, an honest graph (what changes a model retrains it, nothing else does), DVC's
-metrics/plots/experiments views, and the MLflow UI in headless Chromium against the store the pipeline made."""
+"""The pipeline on tiny data in a temporary copy of the repository (never the user's data or store): the quick
+look a new user is given (`dvc exp run --temp`, in a fresh clone: every project trained, the committed results left
+as they are), then that experiment applied as the tiny pipeline the other tests edit and rebuild with `dvc repro`:
+no-op reruns, an honest graph (what changes a model retrains it, nothing else does), DVC's metrics/plots/experiments
+views, the MLflow UI in headless Chromium against the store the pipeline made; seeds and a new project each from
+scratch."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,7 @@ from tests.conftest import ROOT, answer, free_port, wait_for
 from tests.support import (
     ARTIFACTS,
     BROWSER_ARGS,
+    QUICK_LOOK,
     chosen,
     conf_projects,
     find_chromium,
@@ -36,9 +42,24 @@ PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P
 NAMED = rf"(?:{'|'.join(map(re.escape, PROJECTS))}) test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{{6}}"
 
 
+@dataclass(frozen=True)
+class QuickLook:
+    """A new user's fresh clone after the quick look, and what it showed: the command's output, `git status`
+    right after it, the published files before and after it."""
+
+    clone: Path
+    output: subprocess.CompletedProcess[str]
+    status: str
+    published: dict[Path, bytes]
+    after: dict[Path, bytes]
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git copy of this repository's files with `data: tiny` and a one-epoch cap, after one `dvc repro`."""
+def quick_look(tmp_path_factory: pytest.TempPathFactory) -> QuickLook:
+    """The quick look (README, docs/getting-started.md) run as a new user runs it, in a fresh clone of a git copy
+    of this repository with params.yaml as committed (the reference table on CIFAR-10): it trains and reports every
+    project on tiny data in DVC's temporary copy, tracked in the clone's store. The same thirteen trainings are the
+    tiny pipeline the rest of the module works on (`repo`), so they are paid for once."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     listed = params["projects"]
     assert len(set(listed)) == len(listed) and set(listed) <= set(conf_projects()), "each a file of conf/project/"
@@ -47,11 +68,26 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert all(project_file(p)["project"].get("follows") in (None, *listed) for p in listed), "and every step"
     assert params["data"] == "cifar10", "the committed default is the real table"
     assert params["seeds"] == [42, 43, 44], "over three seeds"
-    repo = git_copy(tmp_path_factory.mktemp("pipeline") / "cnnlab", data="tiny", max_epochs=1, seeds=[42])
+    root = tmp_path_factory.mktemp("pipeline")
+    origin = git_copy(root / "origin")
+    clone = root / "cnnlab"
+    sh(root, "git", "clone", "-q", str(origin), str(clone))
+    published = {p: p.read_bytes() for p in [clone / "params.yaml", clone / "dvc.lock",
+                                            *(clone / "reports").iterdir(), *(clone / "metrics").rglob("*.json")]}
     started = time.perf_counter()
-    done = sh(repo, "dvc", "repro", timeout=None)  # thirteen trainings: on a busy machine no bound holds
-    print(f"tiny pipeline: dvc repro took {time.perf_counter() - started:.0f}s")
-    assert stages_run(done.stdout) == {"fetch", "prepare", "compose", "report", *(f"train@{p}-42" for p in PROJECTS)}
+    done = sh(clone, *shlex.split(QUICK_LOOK), timeout=None)  # thirteen trainings: on a busy machine no bound holds
+    print(f"the quick look (tiny pipeline) took {time.perf_counter() - started:.0f}s")
+    return QuickLook(clone, done, sh(clone, "git", "status", "--porcelain").stdout, published,
+                     {p: p.read_bytes() for p in published})
+
+
+@pytest.fixture(scope="module")
+def repo(quick_look: QuickLook) -> Path:
+    """The quick look's clone with its experiment applied (`dvc exp apply`: `data: tiny`, a one-epoch cap, seed 42)
+    and committed: the tiny pipeline, every project trained once, that the tests below edit and rebuild."""
+    (name,) = re.findall(r"Ran experiment\(s\): (\S+)", quick_look.output.stdout)
+    repo = quick_look.clone
+    sh(repo, "dvc", "exp", "apply", name)
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny pipeline")
     return repo
@@ -62,7 +98,23 @@ def mlflow_runs(repo: Path):
     return client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
 
 
-def test_tiny_pipeline_builds_every_project_and_the_report(repo: Path) -> None:
+def test_the_quick_look_leaves_the_committed_results_as_they_are(quick_look: QuickLook) -> None:
+    """(Moved from tests/test_quicklook.py, where it ran the same thirteen trainings a second time.)"""
+    done, clone = quick_look.output, quick_look.clone
+    assert "have been applied" not in done.stdout + done.stderr
+    (name,) = re.findall(r"Ran experiment\(s\): (\S+)", done.stdout)
+    assert quick_look.status == "", "nothing tracked changed, nothing new unignored"
+    assert quick_look.after == quick_look.published
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
+    assert sorted(r.data.tags["project"] for r in runs) == sorted(pipeline_projects()) and \
+        {r.data.tags["data"] for r in runs} == {"tiny"}
+    assert name in sh(clone, "dvc", "exp", "show", "--no-pager", "--csv").stdout, "kept, to look at or apply"
+
+
+def test_tiny_pipeline_builds_every_project_and_the_report(quick_look: QuickLook, repo: Path) -> None:
+    assert stages_run(quick_look.output.stdout) == \
+        {"fetch", "prepare", "compose", "report", *(f"train@{p}-42" for p in PROJECTS)}
     runs = mlflow_runs(repo)
     assert sorted(r.data.tags["project"] for r in runs) == sorted(PROJECTS)
     assert {r.info.status for r in runs} == {"FINISHED"}

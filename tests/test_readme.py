@@ -347,7 +347,7 @@ def test_no_dvc_experiment_a_page_gives_overwrites_the_published_results() -> No
     """The rule: every `dvc exp run` the pages give has `--temp`, `--queue` or `--run-all`. A plain one runs in the
     work tree and applies the experiment there, over the published params.yaml, dvc.lock, metrics/, plots/ and
     reports/ (issue #34); `dvc exp apply <name>` is the deliberate way to take one (docs/pipeline.md).
-    tests/test_quicklook.py runs the quick look, a `--temp` one, in a fresh clone and finds `git status` clean."""
+    tests/test_pipeline.py runs the quick look, a `--temp` one, in a fresh clone and finds `git status` clean."""
     runs = list(experiment_runs())
     assert len(runs) >= 8, runs  # the patterns find the pages' experiments (README, pipeline, configs, team)
     assert any(where.startswith("docs/configs.md") for where, _ in runs), "a code span in a sentence is found"
