@@ -21,6 +21,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from cnnlab.config.machine import compute_platform, describe
+
 IMPORTS = {
     "python alone": "pass",
     "import tensorflow": "import tensorflow",
@@ -31,16 +33,6 @@ IMPORTS = {
 }
 NEW_STORE = ("from mlflow.tracking import MlflowClient; import sys; "
              "MlflowClient('sqlite:///' + sys.argv[1]).search_experiments()")
-
-
-def cpu() -> str:
-    """The CPU's model name and the flags that decide TensorFlow's kernels (AMX, AVX-512 bf16)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in ("avx512_core_bf16", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model} ({os.cpu_count()} cores; {' '.join(wanted) or 'no AVX-512 bf16, no AMX'})"
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -89,8 +81,9 @@ def main() -> None:
         rows.append(("the same command again: the finished run reused",
                      median_of(args.repeats, lambda i: train(i, reuse=True))))
     print(f"Job process start-up costs, median of {args.repeats} fresh processes after one warm-up")
-    print(f"{cpu()}; Python {platform.python_version()}, TensorFlow {version('tensorflow')}, "
-          f"Keras {version('keras')}, MLflow {version('mlflow')}, Hydra {version('hydra-core')}")
+    print(f"{describe(compute_platform(0, 'disabled'))}; Python {platform.python_version()}, "
+          f"TensorFlow {version('tensorflow')}, Keras {version('keras')}, MLflow {version('mlflow')}, "
+          f"Hydra {version('hydra-core')}")
     print()
     print("| process | seconds |")
     print("|---|---:|")

@@ -52,6 +52,13 @@ class QuickLook:
     status: str
     published: dict[Path, bytes]
     after: dict[Path, bytes]
+    runs: list  # the clone's MLflow runs right after it, before the module's other tests add theirs
+
+    @property
+    def name(self) -> str:
+        """The experiment's name, as the command printed it (exactly one)."""
+        (name,) = re.findall(r"Ran experiment\(s\): (\S+)", self.output.stdout)
+        return name
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +85,15 @@ def quick_look(tmp_path_factory: pytest.TempPathFactory) -> QuickLook:
     done = sh(clone, *shlex.split(QUICK_LOOK), timeout=None)  # thirteen trainings: on a busy machine no bound holds
     print(f"the quick look (tiny pipeline) took {time.perf_counter() - started:.0f}s")
     return QuickLook(clone, done, sh(clone, "git", "status", "--porcelain").stdout, published,
-                     {p: p.read_bytes() for p in published})
+                     {p: p.read_bytes() for p in published}, mlflow_runs(clone))
 
 
 @pytest.fixture(scope="module")
 def repo(quick_look: QuickLook) -> Path:
     """The quick look's clone with its experiment applied (`dvc exp apply`: `data: tiny`, a one-epoch cap, seed 42)
     and committed: the tiny pipeline, every project trained once, that the tests below edit and rebuild."""
-    (name,) = re.findall(r"Ran experiment\(s\): (\S+)", quick_look.output.stdout)
     repo = quick_look.clone
-    sh(repo, "dvc", "exp", "apply", name)
+    sh(repo, "dvc", "exp", "apply", quick_look.name)
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny pipeline")
     return repo
@@ -100,16 +106,14 @@ def mlflow_runs(repo: Path):
 
 def test_the_quick_look_leaves_the_committed_results_as_they_are(quick_look: QuickLook) -> None:
     """(Moved from tests/test_quicklook.py, where it ran the same thirteen trainings a second time.)"""
-    done, clone = quick_look.output, quick_look.clone
+    done, runs = quick_look.output, quick_look.runs
     assert "have been applied" not in done.stdout + done.stderr
-    (name,) = re.findall(r"Ran experiment\(s\): (\S+)", done.stdout)
     assert quick_look.status == "", "nothing tracked changed, nothing new unignored"
     assert quick_look.after == quick_look.published
-    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("cnnlab").experiment_id])
     assert sorted(r.data.tags["project"] for r in runs) == sorted(pipeline_projects()) and \
         {r.data.tags["data"] for r in runs} == {"tiny"}
-    assert name in sh(clone, "dvc", "exp", "show", "--no-pager", "--csv").stdout, "kept, to look at or apply"
+    assert quick_look.name in sh(quick_look.clone, "dvc", "exp", "show", "--no-pager", "--csv").stdout, \
+        "kept, to look at or apply"
 
 
 def test_tiny_pipeline_builds_every_project_and_the_report(quick_look: QuickLook, repo: Path) -> None:
