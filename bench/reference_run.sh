@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The reference table's long run (docs/results.md): `dvc repro` of the committed params.yaml on a
 # CIFAR-10 copy, in a worktree of this repository pinned at one commit (.wt/reference, git-ignored) with its own
-# virtual environment, at low priority, its log in .wt/reference/logs/reference.log. Run it again after a kill, a
-# reboot or a new session: it makes what is missing and continues (the pipeline resumes every interrupted run).
+# virtual environment, at low priority (bench/low_priority.sh), its log in .wt/reference/logs/reference.log. Run it
+# again after a kill, a reboot or a new session: it makes what is missing and continues (the pipeline resumes every
+# interrupted run).
 #
 #   bash bench/reference_run.sh /path/to/cifar-10-python.tar.gz <md5> "JPEG copy" [commit [stage ...]]
 #
@@ -16,6 +17,7 @@ stages=("${@:5}")
 archive=$(realpath -e "$archive")  # before the cd below: a relative path names a file here
 root=$(git rev-parse --show-toplevel)
 tree="$root/.wt/reference"
+low_priority="$root/bench/low_priority.sh"  # nice alone yields nothing to other sessions (see there)
 if [ ! -d "$tree" ]; then
   git -C "$root" worktree add --detach "$tree" "${commit:-HEAD}"
 elif [ -n "$commit" ]; then
@@ -41,10 +43,10 @@ echo "=== $(date -u +%FT%TZ) start at $(git rev-parse --short HEAD)" >> logs/ref
   rc=0
   if ((${#stages[@]})); then
     for stage in "${stages[@]}"; do
-      nice -n 19 dvc repro "$stage" >> logs/reference.log 2>&1 || { rc=$?; break; }
+      bash "$low_priority" dvc repro "$stage" >> logs/reference.log 2>&1 || { rc=$?; break; }
     done
   else
-    nice -n 19 dvc repro >> logs/reference.log 2>&1 || rc=$?
+    bash "$low_priority" dvc repro >> logs/reference.log 2>&1 || rc=$?
   fi
   echo "=== $(date -u +%FT%TZ) dvc repro ${stages[*]} exited $rc" >> logs/reference.log
 ) < /dev/null > /dev/null 2>&1 &

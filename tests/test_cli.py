@@ -148,6 +148,22 @@ def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
     assert re.search(r"\| \d+\.\d\dx \|", row), row
 
 
+def test_the_long_runs_low_priority_holds_against_autogroups() -> None:
+    """bench/low_priority.sh, through which the reference run trains: niced, in a session of its own whose
+    autogroup is niced too (else it takes as much CPU as the user's whole shell), waited for, its status passed on."""
+    script = "nice; cat /proc/self/autogroup 2>/dev/null || echo none; exit 3"
+    done = subprocess.run(["bash", "bench/low_priority.sh", "bash", "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    niceness, autogroup = done.stdout.splitlines()
+    assert niceness == "19"
+    ours = Path("/proc/self/autogroup")
+    if ours.exists():
+        assert autogroup.endswith(" nice 19") and autogroup.split()[0] != ours.read_text().split()[0], autogroup
+    else:
+        assert autogroup == "none"
+
+
 def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Path, tiny_data_dir: Path) -> None:
     overrides = " ".join([
         "data=tiny", f"paths.data={tiny_data_dir}", "training.epochs=1", "tracking.log_model=false",
