@@ -264,9 +264,9 @@ def figure(rows: list[dict[str, Any]]) -> Any:
         if source is not None:
             ax.scatter([x - 0.12], [100 * source], marker="x", color="tab:orange",
                        label="source" if x == 0 or "source" not in ax.get_legend_handles_labels()[1] else None)
-    ax.set_xticks(range(len(groups)), [p.upper() for p in groups])
+    ax.set_xticks(range(len(groups)), [p.upper() for p in groups], rotation=30, ha="right")  # long names
     ax.set(ylabel="test accuracy %", title="cnnlab over seeds vs the source")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: inside, it hid a low row's seeds
     ax.grid(axis="y", alpha=0.3)
     fig.text(0.01, 0.01, provenance(rows), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
