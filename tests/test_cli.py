@@ -151,17 +151,19 @@ def test_benchmark_prints_the_ratio_table_on_cpu() -> None:
 def test_the_long_runs_low_priority_holds_against_autogroups() -> None:
     """bench/low_priority.sh, through which the reference run trains: niced, in a session of its own whose
     autogroup is niced too (else it takes as much CPU as the user's whole shell), waited for, its status passed on."""
-    script = "nice; cat /proc/self/autogroup 2>/dev/null || echo none; exit 3"
+    script = 'nice; echo "autogroup:$(cat /proc/self/autogroup 2>/dev/null)"; exit 3'
     done = subprocess.run(["bash", "bench/low_priority.sh", "bash", "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 3, done.stderr
     niceness, autogroup = done.stdout.splitlines()
     assert niceness == "19"
+    autogroup = autogroup.removeprefix("autogroup:")
     ours = Path("/proc/self/autogroup")
-    if ours.exists():
-        assert autogroup.endswith(" nice 19") and autogroup.split()[0] != ours.read_text().split()[0], autogroup
-    else:
-        assert autogroup == "none"
+    # The file reads empty where this process is not scheduled by autogroup (no such kernel feature, or a container
+    # whose cgroup takes the CPU share instead, as on CI): there, nice alone decides and only the niceness is checked.
+    ours_autogroup = ours.read_text().strip() if ours.exists() else ""
+    if ours_autogroup:
+        assert autogroup.endswith(" nice 19") and autogroup.split()[0] != ours_autogroup.split()[0], autogroup
 
 
 def test_mlproject_train_entry_point_runs_in_the_local_environment(tmp_path: Path, tiny_data_dir: Path) -> None:
