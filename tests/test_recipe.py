@@ -5,6 +5,11 @@ a hand computation of the steps, the schedule against its formula."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -22,7 +27,7 @@ from cnnlab.core.recipe import (
     TTAMean,
     TTAViews,
 )
-from tests.conftest import augmentation_config, model_config
+from tests.conftest import ROOT, augmentation_config, job_env, model_config
 
 rng = np.random.default_rng(0)
 
@@ -116,6 +121,21 @@ def test_the_lookahead_equals_the_hand_computation() -> None:
         np.testing.assert_allclose(ops.convert_to_numpy(variable), w, rtol=1e-5, err_msg=f"step {t}")
 
 
+def test_the_slow_weights_start_at_the_weights_fit_starts_from() -> None:
+    """Keras builds the optimizer while it traces the train step of `fit`: the slow copy must still start at the
+    weights (it stayed zero when an assign in `build` set it). A lookahead never due before the last step sets
+    the weights to that copy, so `fit` ends on the weights it began with."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    before = [ops.convert_to_numpy(w) for w in model.weights]
+    x = rng.normal(size=(16, 4)).astype("float32")
+    model.compile(optimizer=RecipeSGD(learning_rate=0.1, total_steps=4, lookahead_every=100, weight_decay=0.1,
+                                      frozen_variables=[model.weights[1].path], frozen_after_steps=2), loss="mse")
+    model.fit(x, x[:, :2], batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for start, end in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_allclose(end, start, rtol=1e-6)
+
+
 def test_a_frozen_variable_trains_its_first_steps_then_moves_only_by_the_lookahead() -> None:
     """airbench94's whitening bias: gradient steps and weight decay for the first n steps, none after; the lookahead
     still averages it. The other variables compute what they compute without the freeze."""
@@ -200,3 +220,47 @@ def test_p12_trains_and_saves_with_its_recipe(tmp_path) -> None:
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
     flip = model.get_layer("augmentation").layers[0]
     assert int(ops.convert_to_numpy(flip.seen)) == 2 * 48 and int(ops.convert_to_numpy(flip.epoch_size)) == 48
+
+
+RECIPE_FIT_SCRIPT = """
+import json, sys
+import keras, numpy as np
+from cnnlab.core.recipe import RecipeSGD
+data = np.load(sys.argv[1])
+keras.utils.set_random_seed(0)
+inputs = keras.Input((4,))
+hidden = keras.layers.Dense(3, name="hidden")(inputs)
+model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.BatchNormalization(name="bn")(hidden)))
+model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
+optimizer = RecipeSGD(learning_rate=0.05, momentum=0.85, nesterov=True, weight_decay=0.01, total_steps=9,
+                      warmup_fraction=0.3, start_factor=0.2, end_factor=0.1, bias_scaler=8.0, lookahead_every=2,
+                      frozen_variables=["hidden/bias"], frozen_after_steps=4)
+model.compile(optimizer=optimizer, loss="mse", jit_compile=True, steps_per_execution=3)
+model.fit(data["x"], data["y"], batch_size=8, epochs=3, shuffle=False, verbose=0)
+print(json.dumps({"backend": keras.backend.backend(),
+                  "weights": [np.asarray(w).tolist() for w in model.get_weights()]}))
+"""
+
+
+@pytest.mark.system
+def test_the_recipe_optimizer_trains_the_same_in_jaxs_compiled_step(tmp_path: Path) -> None:
+    """P12's optimizer (schedule, bias groups, lookahead, a frozen variable) through `model.fit` in a compiled step
+    on JAX equals the same on TensorFlow (the backend is chosen per process: each in its own). JAX keeps the
+    variables' buffers in the step: one given twice, or a variable where an array belongs, failed there only."""
+    x = rng.normal(size=(24, 4)).astype("float32")
+    weights = [rng.normal(size=shape).astype("float32") * 0.5
+               for shape in [(4, 3), (3,), (3,), (3,), (3,), (3,), (3, 2), (2,)]]
+    weights[5] = np.abs(weights[5]) + 0.5  # the batch norm's moving variance
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=np.tanh(x[:, :2] * 2).astype("float32"), **{f"w{i}": w for i, w in enumerate(weights)})
+    results = {}
+    for backend in ("tensorflow", "jax"):
+        done = subprocess.run([sys.executable, "-c", RECIPE_FIT_SCRIPT, str(data)], cwd=ROOT,
+                              env=job_env(KERAS_BACKEND=backend), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+        assert results[backend]["backend"] == backend
+    for index, (ours, theirs) in enumerate(zip(results["jax"]["weights"], results["tensorflow"]["weights"],
+                                               strict=True)):
+        assert not np.allclose(ours, weights[index]), f"weight {index} did not train"
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5, err_msg=f"weight {index}")

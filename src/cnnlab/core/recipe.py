@@ -303,8 +303,6 @@ class RecipeSGD(keras.optimizers.SGD):
         self.slow = []
         if self.lookahead_every:
             self.slow = self.add_optimizer_variables(variables, "lookahead")
-            for slow, variable in zip(self.slow, variables, strict=True):
-                slow.assign(variable)
         self.held = {}  # index of a frozen variable -> its value at the end of the last step
         if self.frozen_variables and self.frozen_after_steps is not None:
             paths = [variable.path for variable in variables]
@@ -314,7 +312,18 @@ class RecipeSGD(keras.optimizers.SGD):
             for index, variable in enumerate(variables):
                 if variable.path in self.frozen_variables:
                     self.held[index] = self.add_variable_from_reference(variable, "held")
-                    self.held[index].assign(variable)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        """The slow and held copies start as the weights the first step begins with, set here, before the weight
+        decay, rather than by an assign in `build`: TensorFlow builds the optimizer while it traces the train step,
+        where such an assign never ran (the copies stayed zero), and JAX refused the one buffer given twice."""
+        first = ops.equal(ops.convert_to_tensor(self.iterations), 0)
+        for variable in trainable_variables:
+            index = self._get_variable_index(variable)
+            for copy in (self.slow[index] if self.slow else None, self.held.get(index)):
+                if copy is not None:
+                    self.assign(copy, ops.where(first, ops.convert_to_tensor(variable), ops.convert_to_tensor(copy)))
+        return super()._backend_apply_gradients(grads, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.bias_scaler and is_norm_bias(variable):
@@ -323,11 +332,11 @@ class RecipeSGD(keras.optimizers.SGD):
         held = self.held.get(self._get_variable_index(variable)) if self.held else None
         if held is not None:  # past its steps: the decay and the step just taken are undone
             frozen = ops.greater_equal(ops.convert_to_tensor(self.iterations), self.frozen_after_steps)
-            self.assign(variable, ops.where(frozen, held, variable))
+            self.assign(variable, ops.where(frozen, ops.convert_to_tensor(held), ops.convert_to_tensor(variable)))
         if self.lookahead_every:
             self._lookahead(variable)
         if held is not None:
-            self.assign(held, variable)
+            self.assign(held, ops.convert_to_tensor(variable))
 
     def _lookahead(self, variable):
         k = int(self.lookahead_every)
@@ -340,9 +349,11 @@ class RecipeSGD(keras.optimizers.SGD):
             decay = ops.where(due, decay, 1.0)
             due = ops.logical_or(due, last)
         slow = self.slow[self._get_variable_index(variable)]
-        moved = slow + ops.cast(1 - decay, slow.dtype) * (variable - slow)
-        self.assign(slow, ops.where(due, moved, slow))
-        self.assign(variable, ops.where(due, moved, variable))
+        # tensors, not the variables: JAX refuses a variable where an array is expected (inside its traced step)
+        slow_now, fast_now = ops.convert_to_tensor(slow), ops.convert_to_tensor(variable)
+        moved = slow_now + ops.cast(1 - decay, slow.dtype) * (fast_now - slow_now)
+        self.assign(slow, ops.where(due, moved, slow_now))
+        self.assign(variable, ops.where(due, moved, fast_now))
 
     def get_config(self):
         return {**super().get_config(), "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction,
