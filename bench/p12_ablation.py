@@ -27,6 +27,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -130,8 +131,12 @@ def result(variant: str, seed: int, folder: Path, seconds: float, returncode: in
         metrics, tags = run.data.metrics, run.data.tags
         row |= {key: metrics.get(key) for key in ("val_accuracy", "test_accuracy", "train_seconds", "epochs_run")}
         row |= {key: tags.get(key) for key in ("device", "machine", "keras_backend", "cnnlab.key", "data_source")}
-    else:
-        row["log_tail"] = (folder / "log").read_text()[-1500:]
+    else:  # stopped (--kill-after) or failed: the last epoch its progress line shows, if any
+        log = (folder / "log").read_text(errors="replace").replace("\r", "\n")
+        epochs = re.findall(r"epoch (\d+)/(\d+) .*?val_accuracy ([\d.]+)", log)
+        if epochs:
+            row |= {"last_logged_epoch": f"{epochs[-1][0]}/{epochs[-1][1]}", "val_accuracy": float(epochs[-1][2])}
+        row["log_tail"] = log[-1500:]
     return row
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Copies the reference run's finished (project, seed) runs (docs/results.md) from its worktree (.wt/reference)
-# into this work tree, to be committed: metrics/s<seed>/<project>.json and plots/s<seed>/<project>/.
+# Copies the reference run's finished (project, seed) runs (docs/results.md) from its worktree (.wt/reference, or
+# REFERENCE_TREE as in bench/reference_run.sh) into this work tree, to be committed: metrics/s<seed>/<project>.json
+# and plots/s<seed>/<project>/.
 # A run's metrics file is the last thing its train stage publishes, so a run without one (training, or
 # interrupted) is left out, and nothing half-made is copied; one whose metrics are already here (the worktree's
 # checkout holds the committed ones) too. Prints the runs it copied.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
-tree="$root/.wt/reference"
+tree="$root/${REFERENCE_TREE:-.wt/reference}"
 shopt -s nullglob
 for metrics in "$tree"/metrics/s*/*.json; do
   seed=$(basename "$(dirname "$metrics")")

@@ -10,13 +10,14 @@
 # The commit defaults to the worktree's own (or HEAD when there is none yet; "" keeps that default). Moving it to
 # a later commit keeps every finished and interrupted run as long as src/cnnlab/core and the composed settings are
 # unchanged. Stages (e.g. train@p08-43 train@p09-43) make only those and what they depend on, in that order: a machine
-# that does not keep .wt/ between sessions trains the table a session-sized part at a time.
+# that does not keep .wt/ between sessions trains the table a session-sized part at a time. REFERENCE_TREE (relative
+# to the repository, default .wt/reference) names another worktree, for a run pinned at another commit beside it.
 set -euo pipefail
 archive=${1:?the CIFAR-10 archive}; md5=${2:?its md5}; label=${3:-}; commit=${4:-}
 stages=("${@:5}")
 archive=$(realpath -e "$archive")  # before the cd below: a relative path names a file here
 root=$(git rev-parse --show-toplevel)
-tree="$root/.wt/reference"
+tree="$root/${REFERENCE_TREE:-.wt/reference}"
 low_priority="$root/bench/low_priority.sh"  # nice alone yields nothing to other sessions (see there)
 if [ ! -d "$tree" ]; then
   git -C "$root" worktree add --detach "$tree" "${commit:-HEAD}"
