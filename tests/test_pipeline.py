@@ -37,7 +37,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.system
-PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P11 two ways
+PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P11 two ways, P12
 # a run's name starts with its project
 NAMED = rf"(?:{'|'.join(map(re.escape, PROJECTS))}) test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{{6}}"
 
