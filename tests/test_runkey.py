@@ -88,7 +88,7 @@ def test_a_change_to_a_layer_retrains_exactly_the_projects_that_name_it(source: 
     assert digests(source, ["p07"])["p07"] == changed["p07"]
 
 
-SEED_PROJECTS = tuple(p for p in pipeline_projects() if p != "p12")  # params.yaml's but P12: the seed table, P11 two ways
+SEED_PROJECTS = tuple(p for p in pipeline_projects() if p != "p12")  # the seed table, P11 two ways (not P12)
 
 
 def test_p12s_recipe_changes_no_seed_projects_key_and_p12_reaches_it(source: Path) -> None:
