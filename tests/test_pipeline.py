@@ -65,7 +65,7 @@ class QuickLook:
 def quick_look(tmp_path_factory: pytest.TempPathFactory) -> QuickLook:
     """The quick look (README, docs/getting-started.md) run as a new user runs it, in a fresh clone of a git copy
     of this repository with params.yaml as committed (the reference table on CIFAR-10): it trains and reports every
-    project on tiny data in DVC's temporary copy, tracked in the clone's store. The same thirteen trainings are the
+    project on tiny data in DVC's temporary copy, tracked in the clone's store. The same fourteen trainings are the
     tiny pipeline the rest of the module works on (`repo`), so they are paid for once."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     listed = params["projects"]
@@ -82,7 +82,7 @@ def quick_look(tmp_path_factory: pytest.TempPathFactory) -> QuickLook:
     published = {p: p.read_bytes() for p in [clone / "params.yaml", clone / "dvc.lock",
                                             *(clone / "reports").iterdir(), *(clone / "metrics").rglob("*.json")]}
     started = time.perf_counter()
-    done = sh(clone, *shlex.split(QUICK_LOOK), timeout=None)  # thirteen trainings: on a busy machine no bound holds
+    done = sh(clone, *shlex.split(QUICK_LOOK), timeout=None)  # fourteen trainings: on a busy machine no bound holds
     print(f"the quick look (tiny pipeline) took {time.perf_counter() - started:.0f}s")
     return QuickLook(clone, done, sh(clone, "git", "status", "--porcelain").stdout, published,
                      {p: p.read_bytes() for p in published}, mlflow_runs(clone))

@@ -1,6 +1,6 @@
 """The quick look of the whole pipeline on tiny data is the command README and docs/getting-started.md give.
 Running it (in a fresh clone: it trains and reports every project and leaves the published results as committed)
-is tests/test_pipeline.py's `quick_look`, whose thirteen trainings are also that module's tiny pipeline."""
+is tests/test_pipeline.py's `quick_look`, whose trainings (one a project) are also that module's tiny pipeline."""
 
 from __future__ import annotations
 
