@@ -22,7 +22,6 @@ short by `--stop-after` still has a whole first seed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.core.data import TRAIN_BATCHES, fit_count, read_archive
+from cnnlab.run.data import file_digest
 
 SPLIT, BATCH = 0.1, 1024  # the validation split (5,000 of 50,000 images); P12's batch
 TTA_LAYERS = {0: ["shift"], 26: []}  # conf/model/p12.yaml: TTAViews (and its keys) first, TTAMean after Flatten
@@ -57,14 +57,6 @@ VARIANTS: dict[str, list[str]] = {
 JPEG_QUALITY = {"jpeg_50": 50, "jpeg_30": 30}
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _reencoded(images: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image  # matplotlib's dependency: there wherever cnnlab is
 
@@ -76,10 +68,10 @@ def _reencoded(images: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def reencode_archive(source: Path, target: Path, quality: int) -> tuple[str, float]:
-    """`source`'s images JPEG-encoded once more at `quality`, written in the official archive layout to `target`;
-    its md5 and the PSNR against `source`'s pixels."""
-    arrays, class_names = read_archive(source)
+def reencode_archive(arrays: dict[str, np.ndarray], class_names: list[str], target: Path,
+                     quality: int) -> tuple[str, float]:
+    """The images of `arrays` (an archive read by `read_archive`) JPEG-encoded once more at `quality`, written in the
+    official archive layout to `target`; its md5 and the PSNR against the images given."""
     with ProcessPoolExecutor() as pool:
         done = {key: np.concatenate(list(pool.map(_reencoded, np.array_split(arrays[key], 64), [quality] * 64)))
                 for key in ("x_train", "x_test")}
@@ -95,7 +87,7 @@ def reencode_archive(source: Path, target: Path, quality: int) -> tuple[str, flo
                             b"filenames": [f"{name}_{i:05d}.jpg".encode() for i in range(len(images))]})
         add(tar, "batches.meta", {b"label_names": [c.encode() for c in class_names],
                                   b"num_cases_per_batch": len(batches[0][1]), b"num_vis": 3072})
-    return md5_of(target), float(10 * np.log10(255**2 / error))
+    return file_digest(target), float(10 * np.log10(255**2 / error))
 
 
 def add(tar: tarfile.TarFile, name: str, value: dict) -> None:
@@ -154,13 +146,14 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, default=float("inf"), help="stop the jobs still running then")
     args = parser.parse_args()
     start = time.monotonic()
-    steps = -(-fit_count(len(read_archive(args.archive)[0]["y_train"]), SPLIT) // BATCH)  # 44 on 50,000 images
+    arrays, class_names = read_archive(args.archive)  # read once: the steps an epoch, and the re-encoded copies
+    steps = -(-fit_count(len(arrays["y_train"]), SPLIT) // BATCH)  # 44 on 50,000 images
     data = {"jpeg_copy": {"dir": str(args.work / "data" / "copy"), "source": str(args.archive), "md5": args.md5,
                           "label": "JPEG copy"}}
     for variant, quality in JPEG_QUALITY.items():
         if variant in args.variants:
             archive = args.work / f"jpeg{quality}" / "cifar-10-python.tar.gz"
-            md5, psnr = reencode_archive(args.archive, archive, quality)
+            md5, psnr = reencode_archive(arrays, class_names, archive, quality)
             print(json.dumps({"data": variant, "quality": quality, "md5": md5, "psnr_vs_copy_db": round(psnr, 2),
                               "seconds": round(time.monotonic() - start, 1)}), flush=True)
             data[variant] = {"dir": str(args.work / "data" / f"jpeg{quality}"), "source": str(archive), "md5": md5,
