@@ -5,6 +5,7 @@ command line of a real training process with the same folders."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,8 +65,23 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store as a job's first open of it leaves it, made once per worker: MLflow makes a new
+    store's tables through its migrations, about 3 s a store on CI's CPU, and most tests open a store of their own.
+    What a first open does (the migrations under cnnlab's store lock, parallel jobs on an empty folder, a refusal
+    that leaves no store) is tested in tests that take `tmp_path`, which starts empty."""
+    from mlflow.tracking import MlflowClient  # here: the unit tests that import conftest need no MLflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path: Path, tiny_data_dir: Path) -> Path:
+def workdir(tmp_path: Path, tiny_data_dir: Path, migrated_store: Path) -> Path:
+    """This test's folder, holding a copy of `migrated_store` as its MLflow store (`folders`)."""
+    shutil.copy(migrated_store, tmp_path / "mlflow.db")
     return tmp_path
 
 

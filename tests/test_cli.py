@@ -34,16 +34,16 @@ def runs_by_parent(workdir: Path):
     return parents, children
 
 
-def test_multirun_gives_one_child_run_per_project_under_one_parent(tmp_path: Path, tiny_data_dir: Path) -> None:
-    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00,p01,p04", "training.epochs=1",
+def test_multirun_gives_one_child_run_per_project_under_one_parent(workdir: Path, tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p00,p01,p04", "training.epochs=1",
                    multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    parents, children = runs_by_parent(tmp_path)
+    parents, children = runs_by_parent(workdir)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.tags["project"] for r in children) == ["p00", "p01", "p04"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in children} == {"FINISHED"}
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["p00", "p01", "p04"]
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["p00", "p01", "p04"]
     # the parent records the best child by the value the jobs return: best validation accuracy, never test
     chosen = next(r for r in children if r.info.run_id == parents[0].data.tags["best_run_id"])
     top = max(r.data.metrics["best_val_accuracy"] for r in children)
@@ -51,12 +51,12 @@ def test_multirun_gives_one_child_run_per_project_under_one_parent(tmp_path: Pat
     assert f"project={chosen.data.tags['project']}" in parents[0].data.tags["best_overrides"].split()
 
 
-def test_a_failing_job_is_recorded_failed_and_the_sweep_goes_on(tmp_path: Path, tiny_data_dir: Path) -> None:
-    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.batch_size=64,0,32",
+def test_a_failing_job_is_recorded_failed_and_the_sweep_goes_on(workdir: Path, tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p00", "training.batch_size=64,0,32",
                    "training.epochs=1", multirun=True)
     assert done.returncode != 0, "a sweep with a failed job must exit non-zero"
     assert "1 of 3 sweep jobs failed" in done.stderr
-    parents, children = runs_by_parent(tmp_path)
+    parents, children = runs_by_parent(workdir)
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     status = {r.data.params.get("training.batch_size", "0"): r.info.status for r in children}
     assert status == {"64": "FINISHED", "0": "FAILED", "32": "FINISHED"}
@@ -75,23 +75,23 @@ def test_single_run_with_a_bad_value_exits_before_training(tmp_path: Path, tiny_
     assert "cnnlab.config.errors.ConfigError" in verbose.stderr
 
 
-def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(tmp_path: Path,
+def test_evaluate_cli_reevaluates_a_trained_model_and_refuses_other_data(workdir: Path,
                                                                         tiny_data_dir: Path) -> None:
     """Also: on a machine without an NVIDIA driver, training prints none of TensorFlow's CUDA probe lines (with
     TensorFlow's own log level left at its default)."""
     env = {k: v for k, v in job_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    trained = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p04", "training.epochs=1", env=env)
+    trained = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p04", "training.epochs=1", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     if not has_nvidia_driver():
         printed = trained.stdout + trained.stderr
         assert not re.search(r"cuda|cuInit|absl::InitializeLog", printed, re.IGNORECASE), printed[:3000]
-    (model,) = (tmp_path / "runs" / "p04").glob("*/model.keras")
-    done = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04", f"evaluate.model={model}")
+    (model,) = (workdir / "runs" / "p04").glob("*/model.keras")
+    done = run_cli("cnnlab.evaluate", workdir, tiny_data_dir, "project=p04", f"evaluate.model={model}")
     assert done.returncode == 0, done.stderr[-3000:]
-    evaluated = json.loads((tmp_path / "hydra" / "metrics.json").read_text())
+    evaluated = json.loads((workdir / "hydra" / "metrics.json").read_text())
     trained = json.loads((model.parent / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
-    other = run_cli("cnnlab.evaluate", tmp_path, tiny_data_dir, "project=p04", f"evaluate.model={model}",
+    other = run_cli("cnnlab.evaluate", workdir, tiny_data_dir, "project=p04", f"evaluate.model={model}",
                     "data=cifar10")
     assert other.returncode == 2
     assert other.stderr == (f"error: {model} was trained on data=tiny, not data=cifar10: its accuracy there means "
@@ -114,27 +114,27 @@ def test_twelve_projects_in_parallel_on_an_empty_folder(tmp_path: Path) -> None:
     assert logs.count("] - generated ") == 1 and logs.count("] - prepared ") == 1, "the data is built once"
 
 
-def test_three_learning_rates_of_one_project_in_parallel_keep_three_results(tmp_path: Path,
+def test_three_learning_rates_of_one_project_in_parallel_keep_three_results(workdir: Path,
                                                                             tiny_data_dir: Path) -> None:
-    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", "training.epochs=2",
+    done = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p00", "training.epochs=2",
                    "training.optimizer.learning_rate=0.001,0.002,0.003", "hydra/launcher=parallel",
                    "hydra.launcher.n_jobs=3", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    _, children = runs_by_parent(tmp_path)
+    _, children = runs_by_parent(workdir)
     assert sorted(r.data.params["training.optimizer.learning_rate"] for r in children) == ["0.001", "0.002", "0.003"]
     assert {r.info.status for r in children} == {"FINISHED"}
-    folders = sorted((tmp_path / "runs" / "p00").iterdir())
+    folders = sorted((workdir / "runs" / "p00").iterdir())
     assert sorted(p.name for p in folders) == sorted(r.info.run_id for r in children), "one folder per run"
     assert len({(p / "model.keras").read_bytes() for p in folders}) == 3, "three distinct models, none overwritten"
     names = sorted(r.info.run_name.split(" · ")[1] for r in children)
     assert names == ["learning_rate=0.001", "learning_rate=0.002", "learning_rate=0.003"], "named by what varies"
 
 
-def test_ctrl_c_in_a_sweep_ends_the_job_and_the_parent_killed(tmp_path: Path, tiny_data_dir: Path) -> None:
-    done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00,p01", "training.epochs=3", multirun=True,
+def test_ctrl_c_in_a_sweep_ends_the_job_and_the_parent_killed(workdir: Path, tiny_data_dir: Path) -> None:
+    done = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p00,p01", "training.epochs=3", multirun=True,
                    env=job_env(**{FAILPOINT: "mid_epoch:1@SIGINT"}))
     assert done.returncode != 0
-    parents, children = runs_by_parent(tmp_path)
+    parents, children = runs_by_parent(workdir)
     assert [p.info.status for p in parents] == ["KILLED"], "no sweep parent stays RUNNING"
     assert [(r.data.tags["project"], r.info.status) for r in children] == [("p00", "KILLED")]
 
@@ -216,15 +216,15 @@ def test_an_unsafe_project_id_writes_nothing_outside_the_working_folder(tmp_path
     assert list((work / "logs" / "train" / "multiruns").glob("*/0__._.._x"))
 
 
-def test_every_sweep_parent_lists_its_jobs_reused_or_continued(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_every_sweep_parent_lists_its_jobs_reused_or_continued(workdir: Path, tiny_data_dir: Path) -> None:
     """A sweep run again, and a sweep one of whose values another sweep already trained: each parent run lists all
     its jobs (tags cnnlab.job.<n>), the runs it reused included, and nothing is trained twice."""
     def sweep(epochs: str):
-        done = run_cli("cnnlab.train", tmp_path, tiny_data_dir, "project=p00", f"training.epochs={epochs}",
+        done = run_cli("cnnlab.train", workdir, tiny_data_dir, "project=p00", f"training.epochs={epochs}",
                        "tracking.system_metrics=false", multirun=True)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "sweep finished: 2 jobs" in done.stdout + done.stderr
-        parents, children = runs_by_parent(tmp_path)
+        parents, children = runs_by_parent(workdir)
         return max(parents, key=lambda r: r.info.start_time), children
 
     first, _ = sweep("1,2")

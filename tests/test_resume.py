@@ -8,6 +8,7 @@ stopping here) and P08 (batch norm, dropout, early stopping with a patience smal
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -38,11 +39,13 @@ def weights(workdir: Path, project: str) -> tuple[list[np.ndarray], dict]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict[str, tuple]:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path,
+                  migrated_store: Path) -> dict[str, tuple]:
     """Each project trained once without interruption: its kept weights and metrics."""
     done = {}
     for project, job in PROJECTS.items():
         workdir = tmp_path_factory.mktemp(f"whole-{project}")
+        shutil.copy(migrated_store, workdir / "mlflow.db")  # as the killed and continued runs' `workdir` has
         finished = run_job("cnnlab.train", workdir, tiny_data_dir, *job, *COMMON)
         assert finished.returncode == 0, finished.stderr[-3000:]
         done[project] = weights(workdir, project)
@@ -51,25 +54,25 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path)
 
 @pytest.mark.parametrize("project", sorted(PROJECTS))
 @pytest.mark.parametrize("point", ["mid_epoch:0", "after_backup:2", "after_fit"])
-def test_killed_and_continued_equals_uninterrupted(project: str, point: str, uninterrupted: dict, tmp_path: Path,
+def test_killed_and_continued_equals_uninterrupted(project: str, point: str, uninterrupted: dict, workdir: Path,
                                                    tiny_data_dir: Path) -> None:
     job = (*PROJECTS[project], *COMMON)
-    killed = run_job("cnnlab.train", tmp_path, tiny_data_dir, *job, env=job_env(**{FAILPOINT: point}))
+    killed = run_job("cnnlab.train", workdir, tiny_data_dir, *job, env=job_env(**{FAILPOINT: point}))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    (stopped,) = runs(tmp_path)
+    (stopped,) = runs(workdir)
     assert stopped.info.status == "RUNNING"
     if point == "mid_epoch:0":  # the run has system metrics already, but no epoch: it is continued, not replaced
         assert any(key.startswith("system/") for key in stopped.data.metrics)
-        assert steps(tmp_path, stopped.info.run_id, "loss") == []
-    again = run_job("cnnlab.train", tmp_path, tiny_data_dir, *job)
+        assert steps(workdir, stopped.info.run_id, "loss") == []
+    again = run_job("cnnlab.train", workdir, tiny_data_dir, *job)
     assert again.returncode == 0, again.stderr[-3000:]
-    (run,) = runs(tmp_path)
+    (run,) = runs(workdir)
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED", "one run, continued"
     expected, expected_metrics = uninterrupted[project]
-    got, metrics = weights(tmp_path, project)
+    got, metrics = weights(workdir, project)
     epochs = expected_metrics["epochs"]
     assert metrics["epochs"] == epochs and metrics["selection"] == expected_metrics["selection"]
-    assert steps(tmp_path, run.info.run_id, "loss") == list(range(epochs)), "every epoch logged once"
+    assert steps(workdir, run.info.run_id, "loss") == list(range(epochs)), "every epoch logged once"
     assert len(got) == len(expected)
     for mine, theirs in zip(got, expected, strict=True):
         np.testing.assert_array_equal(mine, theirs)  # bitwise
@@ -82,21 +85,21 @@ def test_p08_stops_early_where_the_uninterrupted_run_does(uninterrupted: dict) -
     assert metrics["early_stopped"] and metrics["epochs"] < 8
 
 
-def test_the_kept_weights_are_the_judged_ones(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_the_kept_weights_are_the_judged_ones(workdir: Path, tiny_data_dir: Path) -> None:
     """The best val_accuracy epoch is not the best val_loss epoch nor the last one here; the kept model's
     validation accuracy is the recorded selection value."""
     job = ("project=p00", "training.epochs=8", "training.batch_size=16", "training.optimizer.learning_rate=0.001",
            "tracking.log_model=false")
-    done = run_job("cnnlab.train", tmp_path, tiny_data_dir, *job)
+    done = run_job("cnnlab.train", workdir, tiny_data_dir, *job)
     assert done.returncode == 0, done.stderr[-3000:]
-    (folder,) = (tmp_path / "runs" / "p00").iterdir()
+    (folder,) = (workdir / "runs" / "p00").iterdir()
     metrics = json.loads((folder / "metrics.json").read_text())
     history = read_history(folder / "history.csv")
     by_accuracy = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
     by_loss = min(range(len(history)), key=lambda e: history[e]["val_loss"])
     assert metrics["selection"]["epoch"] == by_accuracy + 1, "counted from 1, as the log and the plots count"
     assert by_accuracy not in (by_loss, len(history) - 1), "the curve must tell the three epochs apart"
-    cfg = to_job(compose(["data=tiny", *folders(tmp_path, tiny_data_dir), *job]))
+    cfg = to_job(compose(["data=tiny", *folders(workdir, tiny_data_dir), *job]))
     data = load(DataSpec.from_config(cfg.data, cfg.mirror, cfg.paths.data))
     images, labels = splits(data, cfg.training.validation_split)["validation"]
     model = keras.saving.load_model(folder / "model.keras")
