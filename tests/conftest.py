@@ -87,10 +87,22 @@ def workdir(tmp_path: Path, tiny_data_dir: Path, migrated_store: Path) -> Path:
 
 @pytest.fixture
 def make_cfg(workdir: Path, tiny_data_dir: Path) -> Callable[..., JobConfig]:
-    """The typed job of `overrides` on tiny data with every folder and a fresh MLflow store in this test's folder."""
+    """The typed job of `overrides` on tiny data with every folder and an empty MLflow store in this test's folder."""
+    return tiny_job_maker(workdir, tiny_data_dir)
+
+
+@pytest.fixture
+def make_checked_cfg(tmp_path: Path, tiny_data_dir: Path) -> Callable[..., JobConfig]:
+    """`make_cfg` for tests that only compose and check a job, which opens no store: its folder has none (and
+    the worker makes no `migrated_store` for it)."""
+    return tiny_job_maker(tmp_path, tiny_data_dir)
+
+
+def tiny_job_maker(folder: Path, data_dir: Path) -> Callable[..., JobConfig]:
+    """The typed job of `overrides` on tiny data (in `data_dir`) with every other folder under `folder`."""
 
     def make(*overrides: str) -> JobConfig:
-        return compose_config("data=tiny", *folders(workdir, tiny_data_dir), *overrides)
+        return compose_config("data=tiny", *folders(folder, data_dir), *overrides)
 
     return make
 

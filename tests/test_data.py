@@ -190,6 +190,7 @@ def _load_in_process(root: str) -> tuple[str, list[str]]:
     return load(spec).checksum, built
 
 
+@pytest.mark.system  # starts processes
 def test_processes_loading_at_once_build_the_data_once(tmp_path: Path) -> None:
     import multiprocessing
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +33,15 @@ RUN_NAME = "p00 test 61.2% · quick look"
 STORED_CHOICE = "mlflow.workflowType_v1"  # MLflow's localStorage key of the switch: `${key}_v${version}`
 
 
-def test_a_new_experiment_and_one_made_before_are_tagged_as_model_development(make_cfg, workdir: Path) -> None:
+def test_a_new_experiment_and_one_made_before_are_tagged_as_model_development(make_cfg, workdir: Path,
+                                                                              migrated_store: Path) -> None:
     tracking = make_cfg().tracking
     client = MlflowClient(tracking.uri)
     made_before = client.create_experiment(tracking.experiment)  # untagged, as cnnlab made them before
     assert EXPERIMENT_KIND not in client.get_experiment(made_before).tags
     assert open_store(tracking) == made_before
     assert client.get_experiment(made_before).tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
+    shutil.copy(migrated_store, workdir / "fresh.db")  # a store without the experiment
     fresh = make_cfg(f"tracking.uri=sqlite:///{workdir / 'fresh.db'}").tracking
     assert MlflowClient(fresh.uri).get_experiment(open_store(fresh)).tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
 

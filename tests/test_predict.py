@@ -147,6 +147,7 @@ print(mib("VmHWM:") - before, pixels.mean())
 """
 
 
+@pytest.mark.system  # starts processes
 def test_a_large_image_is_read_in_bounded_memory(tmp_path: Path) -> None:
     """7000x7000, just under the limit; Pillow holds RGB at 4 bytes a pixel: 187 MiB. Reading used to add two
     of those (the decoded image and convert("RGB")'s copy; 376 MiB measured). A JPEG is now decoded at 1/8

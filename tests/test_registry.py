@@ -36,12 +36,12 @@ def test_the_best_version_respects_direction_and_a_missing_value() -> None:
     assert best(Direction.maximize, 0.1, None) == "1"
 
 
-def test_register_is_refused_without_a_logged_model(make_cfg) -> None:
+def test_register_is_refused_without_a_logged_model(make_checked_cfg) -> None:
     from cnnlab.config.errors import ConfigError
     from tests.support import validate
 
     with pytest.raises(ConfigError, match="registry.register"):
-        validate(make_cfg(*COMMON, "tracking.log_model=false"))
+        validate(make_checked_cfg(*COMMON, "tracking.log_model=false"))
 
 
 @pytest.mark.system

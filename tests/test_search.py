@@ -102,11 +102,11 @@ def test_the_search_space_takes_hydra_sweeps_and_the_command_line_wins() -> None
         search_space(["a.x=glob(*)"])
 
 
-def test_a_job_refuses_to_be_a_trial_without_validation_data(make_cfg) -> None:
+def test_a_job_refuses_to_be_a_trial_without_validation_data(make_checked_cfg) -> None:
     with pytest.raises(ConfigError, match=r"training.validation_split=0.0 is not allowed: .*validation data"):
-        job_trial(make_cfg("project=p12", "training.validation_split=0", "optuna_trial=0"), JobContext())
+        job_trial(make_checked_cfg("project=p12", "training.validation_split=0", "optuna_trial=0"), JobContext())
     with pytest.raises(ConfigError, match="optuna_trial=3 is not allowed: only set by the search sweeper"):
-        job_trial(make_cfg("project=p00", "optuna_trial=3"), JobContext())
+        job_trial(make_checked_cfg("project=p00", "optuna_trial=3"), JobContext())
 
 
 @pytest.mark.system
