@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -66,15 +67,23 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store as a job's first open of it leaves it, made once per worker: MLflow makes a new
-    store's tables through its migrations, about 3 s a store on CI's CPU, and most tests open a store of their own.
-    What a first open does (the migrations under cnnlab's store lock, parallel jobs on an empty folder, a refusal
-    that leaves no store) is tested in tests that take `tmp_path`, which starts empty."""
+def migrated_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """An empty MLflow sqlite store as a job's first open of it leaves it, made once per test run (the first
+    worker to need it makes it; xdist's workers share their base folder's parent): MLflow makes a new store's
+    tables through its migrations, about 3 s a store on CI's CPU, and most tests open a store of their own. What a
+    first open does (the migrations under cnnlab's store lock, parallel jobs on an empty folder, a refusal that
+    leaves no store) is tested in tests that take `tmp_path`, which starts empty."""
     from mlflow.tracking import MlflowClient  # here: the unit tests that import conftest need no MLflow
 
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
+    base = tmp_path_factory.getbasetemp()
+    folder = (base if worker_id == "master" else base.parent) / "migrated-store"
+    path = folder / "mlflow.db"
+    with FileLock(f"{folder}.lock"):
+        if not path.exists():
+            folder.mkdir()
+            making = folder / "making.db"
+            MlflowClient(f"sqlite:///{making}").search_experiments()
+            making.replace(path)  # whole or not there, for a worker that finds it later
     return path
 
 

@@ -117,6 +117,7 @@ def test_figures_and_a_run_record_of_another_run_are_not_joined(tmp_path: Path, 
     assert "[fedcba98](" in markdown(load_rows(["p00"], [42], *published(tmp_path, newer, matched)))
 
 
+@pytest.mark.system  # starts `python -m cnnlab.report`
 def test_published_writes_the_leaderboard_of_what_is_published_so_far_and_names_the_rest(tmp_path: Path) -> None:
     """A clone during the long run: committed figures, no run folders, no registry. `--published` writes the
     leaderboard from them, says which runs are not published yet, and reads no tracking store."""
