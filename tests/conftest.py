@@ -103,7 +103,7 @@ def make_cfg(workdir: Path, tiny_data_dir: Path) -> Callable[..., JobConfig]:
 @pytest.fixture
 def make_checked_cfg(tmp_path: Path, tiny_data_dir: Path) -> Callable[..., JobConfig]:
     """`make_cfg` for tests that only compose and check a job, which opens no store: its folder has none (and
-    the worker makes no `migrated_store` for it)."""
+    no `migrated_store` is made for it)."""
     return tiny_job_maker(tmp_path, tiny_data_dir)
 
 
