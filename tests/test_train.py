@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnlab.config.errors import ConfigError
 from cnnlab.evaluate import DataMismatch, reevaluate
+from cnnlab.job import steps
 from cnnlab.job.steps import selected_value, train
 from cnnlab.run.results import read_confusion
 from tests.support import EPOCH_METRICS
@@ -162,6 +163,20 @@ def test_the_same_settings_again_reuse_the_finished_run_unless_asked_for_a_new_o
     assert len(folders) == 2 and first in folders.values() and second in folders.values(), "none overwritten"
     other = train(make_cfg("project=p00", "training.epochs=1"))
     assert other["epochs"] == 1 and len(list((workdir / "runs" / "p00").iterdir())) == 3
+
+
+def test_a_finished_run_is_found_before_the_backend_starts_or_the_model_is_built(
+        trained, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun that only finds its finished run needs no Keras: in a fresh process that is TensorFlow's import
+    (seconds) saved for every command run twice, every sweep run again, every DVC stage whose run is tracked."""
+    cfg, first = trained
+    called: list[str] = []
+    monkeypatch.setattr(steps, "use_backend", lambda *args: called.append("use_backend"))
+    monkeypatch.setattr(steps, "check_buildable", lambda job: called.append("check_buildable"))
+    assert train(cfg) == first
+    assert called == [], "the finished run was reported before the backend or the model was needed"
+    train(make_cfg("project=p00", "training.epochs=1"))
+    assert called == ["use_backend", "check_buildable"], "a job with no finished run starts both, in this order"
 
 
 @pytest.mark.parametrize("project", ["p08", "p11"])

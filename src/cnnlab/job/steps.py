@@ -1,5 +1,6 @@
 """One training job, as the steps it takes: check the values and claim the run's state (a twin job is refused at
-once), open the store, reuse a finished run of the same key, load the data, then inside the MLflow run train
+once), reuse a finished run of the same key where the store has one (before the backend starts), start the
+backend and check that the model builds, open the store, load the data, then inside the MLflow run train
 (continuing from the state), evaluate once on the test set, write, log and place the results, and finally clear
 the state. The command line (`python -m cnnlab.train`) and the DVC stages run exactly this.
 
@@ -39,7 +40,7 @@ from cnnlab.search import study
 from cnnlab.tracking import abandoned, epochs, groups, registry, runs
 from cnnlab.tracking.epochs import log_datasets
 from cnnlab.tracking.logged_model import log_model_once
-from cnnlab.tracking.store import open_store
+from cnnlab.tracking.store import open_existing_store, open_store
 from cnnlab.tracking.sweep import record_job
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,20 @@ def train(job: JobConfig, context: JobContext | None = None) -> dict[str, Any]:
     # its run, from the instant it exists, ends KILLED and the job exits non-zero (issue #32). The state is
     # claimed before the backend starts: a twin a moment later is refused at once.
     with signals_interrupt(), RunState.claim(state_folder, job.project.id) as state:
+        trial = study.job_trial(job, context)
+        # A finished run of this key is found before the backend starts (seconds of imports): its settings passed
+        # every check when it trained. A store is made only for a job whose model builds (a refused job leaves none).
+        experiment_id = open_existing_store(job.tracking)
+        if experiment_id is not None:
+            done = reuse_finished_run(job, context, experiment_id, state, trial)
+            if done is not None:
+                return done
         platform = platform_of(job)
         use_backend(job.backend, platform)
         with configured_overrides():
             check_buildable(job)
-        experiment_id = open_store(job.tracking)
-        trial = study.job_trial(job, context)
-        done = reuse_finished_run(job, context, experiment_id, state, trial)
-        if done is not None:
-            return done
+        if experiment_id is None:
+            experiment_id = open_store(job.tracking)
         try:
             state.verify()  # each file checked; a damaged one named, the run continued from what is intact
         except StateDamaged as err:

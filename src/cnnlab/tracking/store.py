@@ -90,6 +90,25 @@ def open_store(tracking: TrackingConfig) -> str:
     return experiment.experiment_id
 
 
+def open_existing_store(tracking: TrackingConfig) -> str | None:
+    """`open_store` where the store and its experiment are there already, else None, having created nothing. A job
+    looks for its finished run this way before its backend starts (seconds of imports) and before its model is
+    checked: a new store is made only for a job that passed every check. Only a local sqlite file that exists and
+    a tracking server are opened early; a database URL is left to `open_store` (opening it may create its
+    tables)."""
+    from mlflow.tracking import MlflowClient  # heavy: see the module's docstring
+
+    uri = tracking.uri
+    path = sqlite_file(uri)
+    if (path is None and not uri.startswith(("http://", "https://"))) or (path is not None and not path.exists()):
+        return None
+    check_store(uri)
+    with store_lock(uri):  # the file may be a store another job is making right now
+        if MlflowClient(uri).get_experiment_by_name(tracking.experiment) is None:
+            return None
+    return open_store(tracking)
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of the experiment `name` in the store MLflow points at, created under the store lock if missing (so
     parallel jobs do not race to create it)."""
