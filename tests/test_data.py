@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import importlib.util
 import io
 import json
 import pickle
@@ -19,6 +20,7 @@ import pytest
 from cnnlab.core import synth
 from cnnlab.core.data import DataError
 from cnnlab.run.data import DataSpec, fetch, file_digest, load, prepare
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +266,18 @@ def test_a_truncated_download_is_retried_then_named_with_both_checksums(tmp_path
         assert not (tmp_path / "bad" / "raw").exists(), "nothing, not even an empty folder, is left"
     finally:
         server.shutdown()
+
+
+def test_the_reference_implementation_reads_the_images_cnnlab_trains_on(archive: Path, tmp_path: Path) -> None:
+    """bench/airbench_reference.py gives airbench the archive's images as its own NHWC uint8 tensors: the same
+    training and test images, labels and class names as cnnlab's loader, in the same order."""
+    spec = importlib.util.spec_from_file_location("airbench_reference", ROOT / "bench" / "airbench_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    arrays = reference.cifar_arrays(archive)
+    data = load(spec_for(archive, file_digest(archive), tmp_path))
+    np.testing.assert_array_equal(arrays["train"]["images"], data.x_train)
+    np.testing.assert_array_equal(arrays["train"]["labels"], data.y_train)
+    np.testing.assert_array_equal(arrays["test"]["images"], data.x_test)
+    np.testing.assert_array_equal(arrays["test"]["labels"], data.y_test)
+    assert arrays["train"]["classes"] == arrays["test"]["classes"] == data.class_names
