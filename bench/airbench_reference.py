@@ -11,7 +11,7 @@ it runs in an environment of its own and imports nothing of cnnlab:
     python -m venv .wt/airbench-venv
     .wt/airbench-venv/bin/pip install torch torchvision airbench==0.1.8
     .wt/airbench-venv/bin/python bench/airbench_reference.py --archive .wt/cifar/cifar-10-python.tar.gz \\
-        --label "JPEG copy" --runs 1 --out bench/results/airbench94_reference.jsonl
+        --label "JPEG copy" --runs 1 --out bench/results/airbench94_jpeg_cpu.jsonl
 
 One JSON line per run (test accuracy with airbench's test-time augmentation, seconds, device, versions) goes to
 `--out` and to stdout; airbench prints its own per-epoch table on the way."""
