@@ -3,6 +3,7 @@ run writes and logs, re-evaluation, and what happens when the same settings run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ from cnnlab.evaluate import DataMismatch, reevaluate
 from cnnlab.job import steps
 from cnnlab.job.steps import selected_value, train
 from cnnlab.run.results import read_confusion
+from cnnlab.tracking import store
+from cnnlab.tracking.store import open_existing_store, open_store
 from tests.support import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration
@@ -177,6 +180,28 @@ def test_a_finished_run_is_found_before_the_backend_starts_or_the_model_is_built
     assert called == [], "the finished run was reported before the backend or the model was needed"
     train(make_cfg("project=p00", "training.epochs=1"))
     assert called == ["use_backend", "check_buildable"], "a job with no finished run starts both, in this order"
+
+
+def test_a_store_is_opened_early_only_where_it_and_the_experiment_exist_and_checked_once(
+        make_cfg, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`open_existing_store` creates nothing where the store or its experiment is missing, and where both exist it
+    checks the store and looks the experiment up once (it used to do both twice, then again through open_store)."""
+    tracking = make_cfg().tracking
+    experiments = MlflowClient(tracking.uri).search_experiments
+    before = [e.name for e in experiments()]
+    assert tracking.experiment not in before
+    assert open_existing_store(tracking) is None
+    assert [e.name for e in experiments()] == before, "nothing was created"
+    nowhere = dataclasses.replace(tracking, uri=f"sqlite:///{workdir / 'nowhere' / 'mlflow.db'}")
+    assert open_existing_store(nowhere) is None and not (workdir / "nowhere").exists()
+    made = open_store(tracking)
+    checks: list[str] = []
+    lookup = MlflowClient.get_experiment_by_name
+    monkeypatch.setattr(store, "check_store", lambda uri: checks.append(uri))
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name",
+                        lambda self, name: checks.append(name) or lookup(self, name))
+    assert open_existing_store(tracking) == made
+    assert checks == [tracking.uri, tracking.experiment], "one check of the store, one lookup of the experiment"
 
 
 @pytest.mark.parametrize("project", ["p08", "p11"])

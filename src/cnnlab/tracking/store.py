@@ -69,6 +69,25 @@ def check_store(uri: str) -> None:
 def open_store(tracking: TrackingConfig) -> str:
     """Point MLflow at the configured store, checked first, and make sure the experiment exists (created under
     the store lock, so parallel jobs do not race to create it); returns the experiment id."""
+    experiment_id = _open(tracking, create=True)
+    assert experiment_id is not None  # created where missing
+    return experiment_id
+
+
+def open_existing_store(tracking: TrackingConfig) -> str | None:
+    """`open_store` where the store and its experiment are there already, else None, having created nothing. A job
+    looks for its finished run this way before its backend starts (seconds of imports) and before its model is
+    checked: a new store is made only for a job that passed every check. Only a local sqlite file that exists and
+    a tracking server are opened early; a database URL is left to `open_store` (opening it may create its
+    tables)."""
+    path = sqlite_file(tracking.uri)
+    opened_early = path.exists() if path is not None else tracking.uri.startswith(("http://", "https://"))
+    return _open(tracking, create=False) if opened_early else None
+
+
+def _open(tracking: TrackingConfig, create: bool) -> str | None:
+    """`open_store`, checking the store and looking its experiment up once; without `create`, None where the
+    experiment is missing, MLflow not pointed at the store and nothing made."""
     import mlflow  # heavy: see the module's docstring
 
     uri = tracking.uri
@@ -76,8 +95,9 @@ def open_store(tracking: TrackingConfig) -> str:
     # "Creating initial MLflow database tables..." and "Updating database tables" on a new sqlite store: MLflow's
     # set-up, not news for the user (its warnings and errors still show)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    if ensure_experiment(uri, tracking.experiment, create) is None:
+        return None
     mlflow.set_tracking_uri(uri)
-    ensure_experiment(uri, tracking.experiment)
     experiment = mlflow.set_experiment(tracking.experiment)
     expected = artifact_location(uri)
     if expected and experiment.artifact_location.startswith("file:") and experiment.artifact_location != expected:
@@ -90,35 +110,18 @@ def open_store(tracking: TrackingConfig) -> str:
     return experiment.experiment_id
 
 
-def open_existing_store(tracking: TrackingConfig) -> str | None:
-    """`open_store` where the store and its experiment are there already, else None, having created nothing. A job
-    looks for its finished run this way before its backend starts (seconds of imports) and before its model is
-    checked: a new store is made only for a job that passed every check. Only a local sqlite file that exists and
-    a tracking server are opened early; a database URL is left to `open_store` (opening it may create its
-    tables)."""
-    from mlflow.tracking import MlflowClient  # heavy: see the module's docstring
-
-    uri = tracking.uri
-    path = sqlite_file(uri)
-    if (path is None and not uri.startswith(("http://", "https://"))) or (path is not None and not path.exists()):
-        return None
-    check_store(uri)
-    with store_lock(uri):  # the file may be a store another job is making right now
-        if MlflowClient(uri).get_experiment_by_name(tracking.experiment) is None:
-            return None
-    return open_store(tracking)
-
-
-def ensure_experiment(uri: str, name: str) -> str:
-    """The id of the experiment `name` in the store MLflow points at, created under the store lock if missing (so
-    parallel jobs do not race to create it)."""
+def ensure_experiment(uri: str, name: str, create: bool = True) -> str | None:
+    """The id of the experiment `name` in the store at `uri`, created under the store lock if missing (so
+    parallel jobs do not race to create it); without `create`, None where it is missing."""
     from mlflow.exceptions import MlflowException  # heavy: see the module's docstring
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    with store_lock(uri):
+    client = MlflowClient(uri)
+    with store_lock(uri):  # the file may be a store another job is making right now
         found = client.get_experiment_by_name(name)
         if found is None:
+            if not create:
+                return None
             try:
                 return client.create_experiment(name, artifact_location=artifact_location(uri),
                                                 tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
