@@ -2,8 +2,10 @@
 weights (bitwise, on TensorFlow on the CPU with a fixed seed), every epoch logged once, in one run; and the weights
 a run keeps are those its recorded selection value was measured on.
 
-Real processes, kill -9 at failpoints (cnnlab.run.faults), real tiny data and MLflow stores; P00 (no early
-stopping here) and P08 (batch norm, dropout, early stopping with a patience small enough to end the run early)."""
+Real processes killed -9 at failpoints (cnnlab.run.faults) and continued in the test's own process (whose
+Keras may have trained other jobs before: what a run computes depends on its key alone), real tiny data and
+MLflow stores; P00 (no early stopping here) and P08 (batch norm, dropout, early stopping with a patience small
+enough to end the run early)."""
 
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.config.compose import compose, to_job
 from cnnlab.core.data import splits
+from cnnlab.job.steps import train
 from cnnlab.run.data import DataSpec, load
 from cnnlab.run.faults import ENV as FAILPOINT
 from cnnlab.run.results import read_history
-from tests.conftest import folders, job_env, run_job
+from tests.conftest import job_env, run_job
 from tests.support import runs, steps
 
 pytestmark = pytest.mark.system
@@ -54,8 +56,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path,
 
 @pytest.mark.parametrize("project", sorted(PROJECTS))
 @pytest.mark.parametrize("point", ["mid_epoch:0", "after_backup:2", "after_fit"])
-def test_killed_and_continued_equals_uninterrupted(project: str, point: str, uninterrupted: dict, workdir: Path,
-                                                   tiny_data_dir: Path) -> None:
+def test_killed_and_continued_equals_uninterrupted(project: str, point: str, uninterrupted: dict, make_cfg,
+                                                   workdir: Path, tiny_data_dir: Path) -> None:
     job = (*PROJECTS[project], *COMMON)
     killed = run_job("cnnlab.train", workdir, tiny_data_dir, *job, env=job_env(**{FAILPOINT: point}))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -64,8 +66,7 @@ def test_killed_and_continued_equals_uninterrupted(project: str, point: str, uni
     if point == "mid_epoch:0":  # the run has system metrics already, but no epoch: it is continued, not replaced
         assert any(key.startswith("system/") for key in stopped.data.metrics)
         assert steps(workdir, stopped.info.run_id, "loss") == []
-    again = run_job("cnnlab.train", workdir, tiny_data_dir, *job)
-    assert again.returncode == 0, again.stderr[-3000:]
+    train(make_cfg(*job))
     (run,) = runs(workdir)
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED", "one run, continued"
     expected, expected_metrics = uninterrupted[project]
@@ -85,13 +86,13 @@ def test_p08_stops_early_where_the_uninterrupted_run_does(uninterrupted: dict) -
     assert metrics["early_stopped"] and metrics["epochs"] < 8
 
 
-def test_the_kept_weights_are_the_judged_ones(workdir: Path, tiny_data_dir: Path) -> None:
+def test_the_kept_weights_are_the_judged_ones(make_cfg, workdir: Path, tiny_data_dir: Path) -> None:
     """The best val_accuracy epoch is not the best val_loss epoch nor the last one here; the kept model's
     validation accuracy is the recorded selection value."""
     job = ("project=p00", "training.epochs=8", "training.batch_size=16", "training.optimizer.learning_rate=0.001",
            "tracking.log_model=false")
-    done = run_job("cnnlab.train", workdir, tiny_data_dir, *job)
-    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = make_cfg(*job)
+    train(cfg)
     (folder,) = (workdir / "runs" / "p00").iterdir()
     metrics = json.loads((folder / "metrics.json").read_text())
     history = read_history(folder / "history.csv")
@@ -99,7 +100,6 @@ def test_the_kept_weights_are_the_judged_ones(workdir: Path, tiny_data_dir: Path
     by_loss = min(range(len(history)), key=lambda e: history[e]["val_loss"])
     assert metrics["selection"]["epoch"] == by_accuracy + 1, "counted from 1, as the log and the plots count"
     assert by_accuracy not in (by_loss, len(history) - 1), "the curve must tell the three epochs apart"
-    cfg = to_job(compose(["data=tiny", *folders(workdir, tiny_data_dir), *job]))
     data = load(DataSpec.from_config(cfg.data, cfg.mirror, cfg.paths.data))
     images, labels = splits(data, cfg.training.validation_split)["validation"]
     model = keras.saving.load_model(folder / "model.keras")
