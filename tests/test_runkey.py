@@ -104,6 +104,18 @@ def test_p12s_recipe_changes_no_seed_projects_key_and_p12_reaches_it(source: Pat
             "TTAMean"} <= reached["cnnlab.core.recipe"], "P12's key covers every piece it names"
 
 
+def test_a_job_walks_the_definitions_its_keys_reach_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job computes its result key and its group key, each twice; they reach the same definitions, which are
+    walked and hashed once (a walk and its hash: about 0.05 s, in every job process); other settings, another."""
+    code = CodeBase.read(SRC)
+    walks: list[int] = []
+    walk = code.reached
+    monkeypatch.setattr(code, "reached", lambda roots: walks.append(1) or walk(roots))
+    p00 = code.digest(setting_strings("p00"))
+    assert [code.digest(setting_strings("p00")) for _ in range(3)] == [p00] * 3 and len(walks) == 1
+    assert code.digest(setting_strings("p12")) != p00 and len(walks) == 2
+
+
 def test_a_new_setting_left_unset_changes_no_key() -> None:
     assert without_unset({"a": 1, "b": None, "c": {"d": None, "e": [{"f": None, "g": 2}]}}) == \
         {"a": 1, "c": {"e": [{"g": 2}]}}

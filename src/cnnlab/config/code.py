@@ -144,6 +144,8 @@ class CodeBase:
 
     modules: dict[str, Module]
     roots: set[tuple[str, str | None]]
+    # a job computes its result key and its group key (twice each): the same definitions reached, one digest
+    _digests: dict[frozenset[tuple[str, str | None]], str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def read(cls, src: Path = SRC) -> CodeBase:
@@ -186,7 +188,12 @@ class CodeBase:
 
     def digest(self, setting_values: Iterable[str]) -> str:
         """sha256 of the docstring-free syntax of every definition a job with these setting values reaches."""
-        reached = self.reached(self.roots | self.named(setting_values))
+        named = frozenset(self.named(setting_values))
+        if named not in self._digests:
+            self._digests[named] = self._digest_of(self.reached(self.roots | named))
+        return self._digests[named]
+
+    def _digest_of(self, reached: dict[str, set[str]]) -> str:
         digest = hashlib.sha256()
         for module_name in sorted(reached):
             module = self.modules[module_name]
