@@ -23,6 +23,7 @@ import itertools
 import os
 import statistics
 import time
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -116,6 +117,14 @@ def augmentation_breakdown(project: str, images: int, epochs: int, repeats: int)
         print(f"| {name} | {statistics.median(seconds[name]) / base:.2f}x |", flush=True)
 
 
+class EpochEnd(NamedTuple):
+    """Where training stood at an epoch's end: wall and CPU seconds of training so far, and the test accuracy."""
+
+    wall: float
+    cpu: float
+    accuracy: float
+
+
 class TrainingClock:
     """Seconds of training up to each epoch's end, the test evaluations after each epoch left out, and the test
     accuracy there: one clock for both paths of `time_to_accuracy`, so they are timed alike (fit's set-up, the
@@ -125,8 +134,8 @@ class TrainingClock:
 
     def __init__(self, model, data) -> None:
         self.model, self.data = model, data
-        self.rows: list[tuple[float, float, float]] = []  # (wall seconds, CPU seconds, test accuracy) so far
-        self.evaluating = [0.0, 0.0]
+        self.rows: list[EpochEnd] = []
+        self.evaluating = [0.0, 0.0]  # wall and CPU seconds of the test evaluations so far, left out
         self.started = (time.perf_counter(), time.process_time())
 
     def epoch_ended(self, *_) -> None:
@@ -137,16 +146,16 @@ class TrainingClock:
         accuracy = evaluate_model(self.model, self.data.x_test, self.data.y_test, self.data.class_names)
         self.evaluating = [self.evaluating[0] + time.perf_counter() - now[0],
                            self.evaluating[1] + time.process_time() - now[1]]
-        self.rows.append((wall, cpu, accuracy["test_accuracy"]))
+        self.rows.append(EpochEnd(wall, cpu, accuracy["test_accuracy"]))
         print(f"  epoch {len(self.rows)}: {wall:.1f} s of training ({cpu:.1f} CPU s), "
               f"test accuracy {accuracy['test_accuracy']:.4f}", flush=True)
 
     def reached(self, target: float) -> float | None:
-        return next((wall for wall, _, accuracy in self.rows if accuracy >= target), None)
+        return next((row.wall for row in self.rows if row.accuracy >= target), None)
 
-    def later_epochs(self, column: int) -> float | None:
-        """The median length of an epoch after the first (which compiles), by wall (0) or CPU (1) seconds."""
-        ends = [0.0, *(row[column] for row in self.rows)]
+    def later_epochs(self, seconds: Literal["wall", "cpu"]) -> float | None:
+        """The median length of an epoch after the first (which compiles), in wall or CPU seconds."""
+        ends = [0.0, *(getattr(row, seconds) for row in self.rows)]
         lengths = [b - a for a, b in itertools.pairwise(ends)][1:]
         return statistics.median(lengths) if lengths else None
 
@@ -191,16 +200,16 @@ def time_to_accuracy(target: float, overrides: list[str]) -> None:
           "median later epoch, s | final test accuracy |")
     print("|---|---:|---:|---:|---:|---:|")
     for path, clock in clocks.items():
-        reached, later = clock.reached(target), clock.later_epochs(0)
-        print(f"| {path} | {'not reached' if reached is None else f'{reached:.1f}'} | {clock.rows[-1][0]:.1f} | "
-              f"{clock.rows[-1][1]:.1f} | {'-' if later is None else f'{later:.1f}'} | {clock.rows[-1][2]:.4f} |")
+        reached, later, end = clock.reached(target), clock.later_epochs("wall"), clock.rows[-1]
+        print(f"| {path} | {'not reached' if reached is None else f'{reached:.1f}'} | {end.wall:.1f} | "
+              f"{end.cpu:.1f} | {'-' if later is None else f'{later:.1f}'} | {end.accuracy:.4f} |")
     plain, ours = clocks["plain Keras"], clocks["cnnlab"]
-    (wall, cpu, _), (plain_wall, plain_cpu, _) = ours.rows[-1], plain.rows[-1]
-    ratio = f"{wall / plain_wall:.3f}x to the end ({cpu / plain_cpu:.3f}x in CPU seconds)"
+    end, plain_end = ours.rows[-1], plain.rows[-1]
+    ratio = f"{end.wall / plain_end.wall:.3f}x to the end ({end.cpu / plain_end.cpu:.3f}x in CPU seconds)"
     if plain.reached(target) and ours.reached(target):
         ratio += f", {ours.reached(target) / plain.reached(target):.3f}x to {target:.2%}"
-    if plain.later_epochs(1) and ours.later_epochs(1):
-        ratio += f", {ours.later_epochs(1) / plain.later_epochs(1):.3f}x a later epoch in CPU seconds"
+    if plain.later_epochs("cpu") and ours.later_epochs("cpu"):
+        ratio += f", {ours.later_epochs('cpu') / plain.later_epochs('cpu'):.3f}x a later epoch in CPU seconds"
     print(f"cnnlab / plain Keras: {ratio} (one run each, plain Keras first)", flush=True)
 
 
