@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,6 +30,7 @@ from pathlib import Path
 PACKAGE = "cnnlab.core"
 LOOSE = ""  # a module's statements that define nothing, as a name to reach
 SRC = Path(__file__).resolve().parents[1]  # src/cnnlab
+NAMES_CORE = re.compile(r"\bcore\b")  # a module without the word `core` imports nothing from cnnlab.core
 
 
 @dataclass
@@ -97,35 +99,43 @@ def parse_module(name: str, source: str) -> Module:
 def _references(nodes: Iterable[ast.AST], scope: dict[str, tuple[str, str | None]], own: Module | None
                 ) -> set[tuple[str, str | None]]:
     """The cnnlab.core definitions `nodes` refer to: names of `own` module, names imported from cnnlab.core (also
-    by imports inside functions), and `module.attribute` where `module` is an imported cnnlab.core module."""
-    nodes = list(nodes)
+    by imports inside functions), and `module.attribute` where `module` is an imported cnnlab.core module.
+
+    One walk of the trees gathers the imports, attributes and names; they are resolved after it, once every
+    import (an import inside a function may follow a use) is in `scope`. Every job process reads the whole code
+    base (`installed_code`), so this walk is on each job's start-up."""
     scope = dict(scope)
+    imports: list[ast.Import] = []
+    attributes: list[ast.Attribute] = []
+    names: list[ast.Name] = []
     for node in nodes:
         for inner in ast.walk(node):
-            if isinstance(inner, ast.Import | ast.ImportFrom):
-                scope.update(_import_bindings(inner, ""))
-    found: set[tuple[str, str | None]] = set()
-    bases = set()  # the `module` of each `module.attribute`, which names the attribute, not the whole module
-    for node in nodes:
-        for inner in ast.walk(node):
-            if isinstance(inner, ast.Import):  # `import cnnlab.core.models` for what importing it does
-                found |= {(module, LOOSE) for module, _ in _import_bindings(inner, "").values()}
+            if isinstance(inner, ast.Name):
+                names.append(inner)
             elif isinstance(inner, ast.Attribute):
-                chain, base = [inner.attr], inner.value
-                while isinstance(base, ast.Attribute):
-                    chain.append(base.attr)
-                    base = base.value
-                if isinstance(base, ast.Name) and base.id in scope and scope[base.id][1] is None:
-                    bases.add(id(base))
-                    dotted = ".".join([scope[base.id][0], *reversed(chain)])
-                    found.add(_split_dotted(dotted))
-    for node in nodes:
-        for inner in ast.walk(node):
-            if isinstance(inner, ast.Name) and id(inner) not in bases:
-                if inner.id in scope:
-                    found.add(scope[inner.id])
-                elif own is not None and inner.id in own.definitions:
-                    found.add((own.name, inner.id))
+                attributes.append(inner)
+            elif isinstance(inner, ast.Import | ast.ImportFrom):
+                scope.update(_import_bindings(inner, ""))
+                if isinstance(inner, ast.Import):
+                    imports.append(inner)
+    # `import cnnlab.core.models` for what importing it does
+    found = {(module, LOOSE) for inner in imports for module, _ in _import_bindings(inner, "").values()}
+    bases = set()  # the `module` of each `module.attribute`, which names the attribute, not the whole module
+    for inner in attributes:
+        chain, base = [inner.attr], inner.value
+        while isinstance(base, ast.Attribute):
+            chain.append(base.attr)
+            base = base.value
+        if isinstance(base, ast.Name) and base.id in scope and scope[base.id][1] is None:
+            bases.add(id(base))
+            dotted = ".".join([scope[base.id][0], *reversed(chain)])
+            found.add(_split_dotted(dotted))
+    for inner in names:
+        if id(inner) not in bases:
+            if inner.id in scope:
+                found.add(scope[inner.id])
+            elif own is not None and inner.id in own.definitions:
+                found.add((own.name, inner.id))
     return found
 
 
@@ -157,7 +167,7 @@ class CodeBase:
             source = path.read_text()
             if name == PACKAGE or name.startswith(PACKAGE + "."):
                 modules[name] = parse_module(name, source)
-            else:
+            elif NAMES_CORE.search(source):  # the others name no cnnlab.core definition
                 roots |= _references([ast.parse(source)], {}, None)
         return cls(modules, roots)
 
