@@ -1,5 +1,5 @@
 """Keep every core busy (one spinning process per core) until stopped: the load under which the test suite is
-shown to pass on a 2-core machine (docs/getting-started.md).
+shown to pass on a 2-core machine (docs/testing.md).
 
     python bench/busy.py &   # then run the tests; kill %1 afterwards
 """

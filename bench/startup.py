@@ -1,7 +1,7 @@
 """What one job process costs before and around its training: the imports (TensorFlow, Keras, MLflow, Hydra), a
 new MLflow sqlite store's tables, and a whole one-epoch P00 training on tiny data in a fresh process (a new store,
 then again with the finished run reused). The test suite starts hundreds of such processes (every CLI, kill,
-sweep and pipeline stage it tests), so these figures, not the trainings, set its length (docs/getting-started.md).
+sweep and pipeline stage it tests), so these figures, not the trainings, set its length (docs/testing.md).
 
     python bench/startup.py --repeats 3
 
