@@ -12,12 +12,8 @@ per browser (the evidence, file by file in MLflow's bundle, is in that page)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnlab.tracking.store import EXPERIMENT_KIND, MODEL_DEVELOPMENT, open_store, ui_url
-from tests.conftest import answer, free_port, wait_for
-from tests.support import ARTIFACTS, BROWSER_ARGS, find_chromium
+from tests.support import ARTIFACTS, BROWSER_ARGS, find_chromium, mlflow_server
 
 RUN_NAME = "p00 test 61.2% · quick look"
 STORED_CHOICE = "mlflow.workflowType_v1"  # MLflow's localStorage key of the switch: `${key}_v${version}`
@@ -56,22 +51,8 @@ def mlflow_ui(make_cfg, workdir: Path) -> Iterator[tuple[str, str]]:
     run = client.create_run(experiment_id, run_name=RUN_NAME)
     client.log_metric(run.info.run_id, "test_accuracy", 0.612)
     client.set_terminated(run.info.run_id)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.uri,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # its own process group: the server and its workers
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: answer(f"{base}/health") == b"OK", "mlflow server")
+    with mlflow_server(tracking.uri, workdir) as base:
         yield base, experiment_id
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a loaded machine: its workers slow to stop
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def shows_the_runs_table(page, screenshot: str) -> None:

@@ -11,7 +11,6 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, answer, free_port, wait_for
+from tests.conftest import ROOT
 from tests.support import (
     ARTIFACTS,
     BROWSER_ARGS,
@@ -30,6 +29,7 @@ from tests.support import (
     find_chromium,
     git_copy,
     listing,
+    mlflow_server,
     pipeline_projects,
     project_file,
     sh,
@@ -344,14 +344,7 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
     chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: answer(f"{base}/health") == b"OK", "mlflow server")
+    with mlflow_server(f"sqlite:///{repo / 'mlflow.db'}", repo) as base:
         stored = mlflow_runs(repo)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
@@ -379,9 +372,6 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_test_accuracy(repo: Path) -
         assert sorted(project for project, _ in shown) == sorted(r.data.tags["project"] for r in stored)
         for project, percent in shown:
             assert any(abs(percent - v) < 0.051 for v in expected[project]), (project, percent, expected[project])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_seeds_fan_out_and_a_new_seed_trains_only_its_stages(repo: Path) -> None:

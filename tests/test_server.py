@@ -21,7 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnlab.run.faults import ENV as FAILPOINT
-from tests.conftest import answer, free_port, job_env, run_job, wait_for
+from tests.conftest import free_port, job_env, run_job, wait_for
+from tests.support import mlflow_server
 
 pytestmark = pytest.mark.system
 
@@ -65,20 +66,12 @@ def postgres() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on the PostgreSQL store, artifacts proxied to a folder; yields its URL."""
-    port = free_port()
+    """`mlflow server` on the PostgreSQL store, artifacts proxied to a folder, two workers (the tests write to it
+    from several jobs at once); yields its URL."""
     artifacts = tmp_path_factory.mktemp("proxied-artifacts")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--serve-artifacts",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: answer(f"{url}/health") == b"OK", "mlflow server", 180)
+    with mlflow_server(postgres, tmp_path_factory.mktemp("server"), "--serve-artifacts", "--artifacts-destination",
+                       str(artifacts), workers=2) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def rest(url: str, path: str, **query: str) -> dict:
