@@ -105,7 +105,7 @@ def _references(nodes: Iterable[ast.AST], scope: dict[str, tuple[str, str | None
     import (an import inside a function may follow a use) is in `scope`. Every job process reads the whole code
     base (`installed_code`), so this walk is on each job's start-up."""
     scope = dict(scope)
-    imports: list[ast.Import] = []
+    found: set[tuple[str, str | None]] = set()
     attributes: list[ast.Attribute] = []
     names: list[ast.Name] = []
     for node in nodes:
@@ -115,11 +115,10 @@ def _references(nodes: Iterable[ast.AST], scope: dict[str, tuple[str, str | None
             elif isinstance(inner, ast.Attribute):
                 attributes.append(inner)
             elif isinstance(inner, ast.Import | ast.ImportFrom):
-                scope.update(_import_bindings(inner, ""))
-                if isinstance(inner, ast.Import):
-                    imports.append(inner)
-    # `import cnnlab.core.models` for what importing it does
-    found = {(module, LOOSE) for inner in imports for module, _ in _import_bindings(inner, "").values()}
+                bound = _import_bindings(inner, "")
+                scope.update(bound)
+                if isinstance(inner, ast.Import):  # `import cnnlab.core.models` for what importing it does
+                    found |= {(module, LOOSE) for module, _ in bound.values()}
     bases = set()  # the `module` of each `module.attribute`, which names the attribute, not the whole module
     for inner in attributes:
         chain, base = [inner.attr], inner.value
