@@ -379,16 +379,20 @@ def test_seeds_fan_out_and_a_new_seed_trains_only_its_stages(repo: Path) -> None
     runs only its two stages (and the report), and removing it again trains nothing. On the tiny pipeline, whose
     seed-42 stages of P00 and P01 are trained already: only the seed-43 stages train. (Moved from a fresh copy of
     the repository, where all four trained; the last two tests of the module, as they leave the pipeline edited.)"""
+    two = ["p00", "p01"]  # the other projects' runs in the store are the quick look's
+
+    def runs_of_the_two() -> list:
+        return [r for r in mlflow_runs(repo) if r.data.tags["project"] in two]
+
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "projects": ["p00", "p01"], "seeds": [42, 43]}))
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "projects": two, "seeds": [42, 43]}))
     done = sh(repo, "dvc", "repro", timeout=None)
     assert {s for s in stages_run(done.stdout) if s.startswith("train@")} == {"train@p00-43", "train@p01-43"}
     assert "up to date" in sh(repo, "dvc", "status").stdout, "all four train stages are built"
     report = (repo / "reports" / "leaderboard.md").read_text()
     assert re.search(r"\| P00 \| 2 \| \d+\.\d\d \| \d+\.\d\d \| \[", report), report
     assert re.search(r"\| P00 → P01 \| .* \| (improvement|regression|not resolved with 2 seeds) \|", report), report
-    seeds = {r.data.tags["dvc_stage"]: r.data.params["training.seed"] for r in mlflow_runs(repo)
-             if r.data.tags["project"] in ("p00", "p01")}
+    seeds = {r.data.tags["dvc_stage"]: r.data.params["training.seed"] for r in runs_of_the_two()}
     assert seeds == {"train@p00-42": "42", "train@p00-43": "43", "train@p01-42": "42", "train@p01-43": "43"}
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "two seeds")
@@ -399,7 +403,7 @@ def test_seeds_fan_out_and_a_new_seed_trains_only_its_stages(repo: Path) -> None
     assert "| P01 | 3 |" in (repo / "reports" / "leaderboard.md").read_text()
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [42, 43]}))
     assert stages_run(sh(repo, "dvc", "repro").stdout) == {"report"}
-    assert len([r for r in mlflow_runs(repo) if r.data.tags["project"] in ("p00", "p01")]) == 6
+    assert len(runs_of_the_two()) == 6
 
 
 P13_MODEL = """# P13 (a test's project): P01 with 8 filters in its second conv.
