@@ -20,6 +20,13 @@ from omegaconf import OmegaConf
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's oneDNN kernels run on an OpenMP pool of one thread per core, whatever a job's `threads` (TensorFlow
+# sizes it from the machine when no OMP_NUM_THREADS is set, and OpenMP reads it once, when TensorFlow loads it):
+# with two test workers and the jobs they start on two cores, each pool's threads spin waiting for a core the
+# other process holds (the quick tier took 37 s instead of 30 and 20 % more CPU; docs/testing.md). One OpenMP
+# thread per test process, inherited by every job a test starts; a job's own `threads` still sizes TensorFlow's
+# pools and is what its key records.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from cnnlab.config.compose import compose, to_job  # noqa: E402
 from cnnlab.config.schema import AugmentationConfig, JobConfig, ModelConfig  # noqa: E402
