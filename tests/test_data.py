@@ -256,10 +256,12 @@ def test_a_truncated_download_is_retried_then_named_with_both_checksums(tmp_path
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
     try:
-        spec = DataSpec("cifar10", url, file_digest(archive), archive.name, tmp_path / "ok", retries=2)
+        spec = DataSpec("cifar10", url, file_digest(archive), archive.name, tmp_path / "ok", retries=2,
+                        first_wait=0)
         assert load(spec).x_train.shape[0] == 50 and served == [len(payload) // 2, len(payload)]
         served.clear()
-        wrong = DataSpec("cifar10", url, "f" * 32, archive.name, tmp_path / "bad", retries=2)
+        wrong = DataSpec("cifar10", url, "f" * 32, archive.name, tmp_path / "bad", retries=2,
+                         first_wait=0)
         with pytest.raises(DataError, match=rf"{url}: expected md5 f{{32}}, got {file_digest(archive)}.*2 attempt"):
             load(wrong)
         assert len(served) == 2

@@ -54,6 +54,7 @@ class DataSpec:
     retries: int = 3
     generate: dict[str, Any] | None = None
     mirrored: bool = False  # the source is the mirror's (mirror.source, CNNLAB_DATA_SOURCE)
+    first_wait: float = 1.0  # seconds before the second attempt, doubling before each later one
 
     @classmethod
     def from_config(cls, data: DataConfig, mirror: MirrorConfig, root: str | Path) -> DataSpec:
@@ -180,7 +181,8 @@ def _fetch_into(spec: DataSpec) -> Path:
             return target
         raise DataError(_kept(spec, actual))
     fetching = Retrying(retry=retry_if_exception_type(_NotFetched), stop=stop_after_attempt(spec.retries),
-                        wait=wait_exponential(multiplier=1, exp_base=2), before_sleep=_retrying(spec), reraise=True)
+                        wait=wait_exponential(multiplier=spec.first_wait, exp_base=2), before_sleep=_retrying(spec),
+                        reraise=True)
     try:
         fetching(write_atomically, target, lambda partial: _fetch_once(spec, partial))
     except _NotFetched as err:
@@ -191,7 +193,7 @@ def _fetch_into(spec: DataSpec) -> Path:
 
 class _NotFetched(Exception):
     """One attempt at fetching the archive failed, as the message says; the next may not (data.download_retries
-    attempts, 1 s, 2 s, 4 s, ... apart)."""
+    attempts, DataSpec.first_wait apart, doubling: 1 s, 2 s, 4 s, ...)."""
 
 
 def _fetch_once(spec: DataSpec, partial: Path) -> None:
