@@ -6,6 +6,7 @@ modules, and no test file imports another."""
 from __future__ import annotations
 
 import ast
+from functools import cache
 
 from tests.conftest import ROOT
 
@@ -28,7 +29,9 @@ ORDER = [
 ]
 
 
+@cache
 def modules() -> dict[str, ast.Module]:
+    """cnnlab's modules by path, parsed once a test process (the tests here read the trees, none changes one)."""
     return {p.relative_to(PACKAGE).as_posix(): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
 
 
