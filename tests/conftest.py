@@ -20,13 +20,11 @@ from omegaconf import OmegaConf
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow's oneDNN kernels run on an OpenMP pool of one thread per core, whatever a job's `threads` (TensorFlow
-# sizes it from the machine when no OMP_NUM_THREADS is set, and OpenMP reads it once, when TensorFlow loads it):
-# with two test workers and the jobs they start on two cores, each pool's threads spin waiting for a core the
-# other process holds (the quick tier took 37 s instead of 30 and 20 % more CPU; docs/testing.md). One OpenMP
-# thread per test process, inherited by every job a test starts; a job's own `threads` still sizes TensorFlow's
-# pools and is what its key records.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# numpy's and scipy's OpenBLAS keep a thread per core, which spins for a while after each call before it sleeps:
+# with two test workers and the jobs they start on two cores, it spins on the core the other process needs (the
+# quick tier took 31-35 s instead of 29-31 s, and 15 % more CPU; docs/testing.md). One OpenBLAS thread per test
+# process, inherited by every job a test starts; TensorFlow's pools are a job's own `threads`, as its key says.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from cnnlab.config.compose import compose, to_job  # noqa: E402
 from cnnlab.config.schema import AugmentationConfig, JobConfig, ModelConfig  # noqa: E402
