@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.support import git_copy, sh, stages_run
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("dvc_team")]  # one worker: the tests share `repo`
+pytestmark = pytest.mark.system
 PUBLISHED = ["dvc.lock", "metrics/s42/p00.json", "reports/leaderboard.md", "plots/s42/p00/history.csv"]
 
 

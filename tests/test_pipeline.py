@@ -36,7 +36,7 @@ from tests.support import (
     stages_run,
 )
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("pipeline")]  # one worker, in order: one build
+pytestmark = pytest.mark.system
 PROJECTS = pipeline_projects()  # the committed params.yaml's: the seed table, P11 two ways, P12
 # a run's name starts with its project
 NAMED = rf"(?:{'|'.join(map(re.escape, PROJECTS))}) test \d+\.\d% · tiny · 1 ep \(cap 1\) · [0-9a-f]{{6}}"

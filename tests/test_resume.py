@@ -26,7 +26,7 @@ from cnnlab.run.results import read_history
 from tests.conftest import job_env, run_job
 from tests.support import runs, steps
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("resume")]  # one worker: `uninterrupted` once
+pytestmark = pytest.mark.system
 PROJECTS = {
     "p00": ("project=p00", "training.epochs=5", "training.batch_size=64"),
     "p08": ("project=p08", "training.epochs=8", "training.early_stopping.patience=2", "training.batch_size=64"),

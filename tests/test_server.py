@@ -24,7 +24,7 @@ from cnnlab.run.faults import ENV as FAILPOINT
 from tests.conftest import free_port, job_env, run_job, wait_for
 from tests.support import mlflow_server
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("server")]  # one worker: one PostgreSQL cluster
+pytestmark = pytest.mark.system
 
 
 def _postgres_bin() -> Path | None:

@@ -25,7 +25,7 @@ from cnnlab.job.steps import train
 from cnnlab.predict import read_image
 from tests.conftest import answer, compose_config, folders, free_port, job_env, wait_for
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("serving")]  # one worker: one registered model
+pytestmark = pytest.mark.system
 CHAMPION = "models:/cnnlab-p11@champion"
 
 
