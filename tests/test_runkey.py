@@ -244,3 +244,32 @@ def test_the_cpu_instruction_set_and_the_thread_count_change_the_numbers_and_the
     if compute_platform(0, "auto")["threads"] > 1:
         one = _train_at_once(tiny_data_dir, {"one thread": {}}, tmp_path, "threads=1")["one thread"]
         assert one["epochs"][0] != runs["machine"]["epochs"][0] and one["key"] != runs["machine"]["key"]
+
+
+NUMPY_BLAS_THREADS = """
+import sys
+import numpy
+from threadpoolctl import threadpool_info
+numpys = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"}
+from cnnlab.config.backend import use_backend
+use_backend("tensorflow", {"threads": int(sys.argv[1]), "op_determinism": False})
+print(sorted(i["num_threads"] for i in threadpool_info() if i["filepath"] in numpys))
+"""
+
+
+@pytest.mark.system
+def test_numpys_blas_computes_with_the_threads_the_key_holds() -> None:
+    """cnnlab.core fits P11's ZCA matrix and P12's whitening with numpy, whose OpenBLAS sizes its pool from the
+    machine (its thread count changes an SVD's bits): a job's `threads` sets it too, in a process started without
+    OPENBLAS_NUM_THREADS (which the tests' own processes set to 1)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import job_env
+
+    env = {k: v for k, v in job_env().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    for threads in (1, 2):
+        done = subprocess.run([sys.executable, "-c", NUMPY_BLAS_THREADS, str(threads)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == f"[{threads}]", (threads, done.stdout)

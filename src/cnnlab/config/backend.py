@@ -21,6 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy  # noqa: F401  (loads numpy's BLAS, whose threads fix_numerics sets: threadpoolctl sets loaded ones)
+from threadpoolctl import threadpool_limits
+
 from cnnlab.config.errors import fail
 from cnnlab.config.machine import has_nvidia_driver, usable_cpus
 from cnnlab.config.schema import Backend
@@ -73,8 +76,13 @@ def fix_numerics(name: str, platform: dict[str, Any]) -> None:
     """Make the backend compute as `platform` says (threads per op, op determinism), before its runtime starts;
     one line naming the setting when this process already computes otherwise (a job run in-process after another).
     TensorFlow fixes its thread counts when its runtime starts; PyTorch takes them at
-    any time; JAX's CPU client sizes its own pool (recorded as it is; the docs say so)."""
+    any time; JAX's CPU client sizes its own pool (recorded as it is; the docs say so).
+
+    numpy's BLAS computes with the same threads, whatever the backend: cnnlab.core fits P11's ZCA matrix and P12's
+    patch whitening with it, and OpenBLAS sizes its pool from the machine, not from the job, while its thread count
+    changes the fitted matrix (an SVD of 500 images of 3,072 features, 1 thread against 2: other bits)."""
     threads, determinism = platform["threads"], platform["op_determinism"]
+    threadpool_limits(limits=threads, user_api="blas")
     if name == "tensorflow":
         import tensorflow as tf  # heavy: only the backend the job runs on is imported
 
