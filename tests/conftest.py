@@ -22,8 +22,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # numpy's and scipy's OpenBLAS keep a thread per core, which spins for a while after each call before it sleeps:
 # with two test workers and the jobs they start on two cores, it spins on the core the other process needs (the
-# quick tier took 31-35 s instead of 29-31 s, and 15 % more CPU; docs/testing.md). One OpenBLAS thread per test
-# process, inherited by every job a test starts; TensorFlow's pools are a job's own `threads`, as its key says.
+# quick tier took 32-33 s instead of 29-30 s, and 12 % more CPU; docs/testing.md). One OpenBLAS thread for the test
+# processes and what they start, until a job sets its own: a job's `threads` sizes TensorFlow's pools and numpy's
+# BLAS, as its key says (cnnlab.config.backend.fix_numerics).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from cnnlab.config.compose import compose, to_job  # noqa: E402
