@@ -12,11 +12,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,8 +37,17 @@ PATHS = ("runs", "checkpoints", "outputs", "metrics", "plots")
 
 
 def compose_config(*overrides: str) -> JobConfig:
-    """The typed job `python -m cnnlab.train <overrides>` would run."""
-    return to_job(compose(overrides))
+    """The typed job `python -m cnnlab.train <overrides>` would run: new typed objects each call, from one
+    composition per overrides a test process (`composed`)."""
+    return to_job(composed(overrides))
+
+
+@cache
+def composed(overrides: tuple[str, ...]) -> DictConfig:
+    """The composed config of `overrides`, once a test process (a tenth of a second each; the quick tier asks for
+    a fifth of its 128 twice or more): conf/ does not change under the tests (those that edit it edit a copy),
+    and the environment's values (`oc.env`) are read when `to_job` resolves the config, at each call."""
+    return compose(overrides)
 
 
 def model_config(project: str) -> ModelConfig:
