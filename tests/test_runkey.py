@@ -6,7 +6,11 @@ are the retrain-or-reuse decisions."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -14,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from cnnlab.config.code import CodeBase, strings
+from cnnlab.config.errors import ConfigError
 from cnnlab.config.machine import bf16_is_fast, bf16_is_fast_here, compute_platform, cpu_info, isa_level, op_determinism
 from cnnlab.config.settings import result_key, settings, without_unset
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, job_command, job_env
 from tests.support import pipeline_projects
 
 SRC = ROOT / "src" / "cnnlab"
@@ -184,8 +189,6 @@ def test_mixed_precision_auto_is_bfloat16_on_a_gpu_or_amx_and_resolved_into_the_
 
 
 def test_a_negative_thread_count_is_one_line() -> None:
-    from cnnlab.config.errors import ConfigError
-
     with pytest.raises(ConfigError, match="threads=-1"):
         result_key(compose_config("project=p05", "threads=-1"))
 
@@ -194,12 +197,6 @@ def _train_at_once(tiny_data_dir: Path, folders_and_env: dict[str, dict[str, str
                    *overrides: str) -> dict[str, dict]:
     """Train P07 (batch norm, dropout) on tiny data in several processes started together, each in its own
     folder; each one's key, every epoch's numbers (the epoch's wall time aside) and its test metrics."""
-    import csv
-    import json
-    import subprocess
-
-    from tests.conftest import job_command, job_env
-
     procs = {name: subprocess.Popen(job_command("cnnlab.train", tmp / name, tiny_data_dir, "project=p07",
                                                 "training.epochs=2", "training.batch_size=32", *overrides),
                                     cwd=ROOT, env=job_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -262,11 +259,6 @@ def test_numpys_blas_computes_with_the_threads_the_key_holds() -> None:
     """cnnlab.core fits P11's ZCA matrix and P12's whitening with numpy, whose OpenBLAS sizes its pool from the
     machine (its thread count changes an SVD's bits): a job's `threads` sets it too, in a process started without
     OPENBLAS_NUM_THREADS (which the tests' own processes set to 1)."""
-    import subprocess
-    import sys
-
-    from tests.conftest import job_env
-
     env = {k: v for k, v in job_env().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     for threads in (1, 2):
         done = subprocess.run([sys.executable, "-c", NUMPY_BLAS_THREADS, str(threads)], cwd=ROOT, env=env,
