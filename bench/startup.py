@@ -1,5 +1,6 @@
-"""What one job process costs before and around its training: the imports (TensorFlow, Keras, MLflow, Hydra), a
-new MLflow sqlite store's tables, and a whole one-epoch P00 training on tiny data in a fresh process (a new store,
+"""What one job process costs before and around its training: the imports (TensorFlow, Keras, MLflow, Hydra; and
+Keras without the optional jax and scikit-learn imports it makes), a new MLflow sqlite store's tables, MLflow's
+schema check of an existing store, and a whole one-epoch P00 training on tiny data in a fresh process (a new store,
 then again with the finished run reused). The test suite starts hundreds of such processes (every CLI, kill,
 sweep and pipeline stage it tests), so these figures, not the trainings, set its length (docs/testing.md).
 
