@@ -258,7 +258,7 @@ print(sorted(i["num_threads"] for i in threadpool_info() if i["filepath"] in num
 def test_numpys_blas_computes_with_the_threads_the_key_holds() -> None:
     """cnnlab.core fits P11's ZCA matrix and P12's whitening with numpy, whose OpenBLAS sizes its pool from the
     machine (its thread count changes an SVD's bits): a job's `threads` sets it too, in a process started without
-    OPENBLAS_NUM_THREADS (which the tests' own processes set to 1)."""
+    OPENBLAS_NUM_THREADS (which the tests' own processes set to 1) or OMP_NUM_THREADS (which OpenBLAS also reads)."""
     env = {k: v for k, v in job_env().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     for threads in (1, 2):
         done = subprocess.run([sys.executable, "-c", NUMPY_BLAS_THREADS, str(threads)], cwd=ROOT, env=env,
