@@ -1,8 +1,9 @@
-"""What one job process costs before and around its training: the imports (TensorFlow, Keras, MLflow, Hydra; and
-Keras without the optional jax and scikit-learn imports it makes), a new MLflow sqlite store's tables, MLflow's
-schema check of an existing store, and a whole one-epoch P00 training on tiny data in a fresh process (a new store,
-then again with the finished run reused). The test suite starts hundreds of such processes (every CLI, kill,
-sweep and pipeline stage it tests), so these figures, not the trainings, set its length (docs/testing.md).
+"""What one job process costs before and around its training: the imports (numpy and ml_dtypes, TensorFlow, Keras,
+MLflow, Hydra; and Keras without the optional jax and scikit-learn imports it makes), a new MLflow sqlite store's
+tables, MLflow's schema check of an existing store, and a whole one-epoch P00 training on tiny data in a fresh
+process (a new store, then again with the finished run reused). The test suite starts hundreds of such processes
+(every CLI, kill, sweep and pipeline stage it tests), so these figures, not the trainings, set its length
+(docs/testing.md).
 
     python bench/startup.py --repeats 3
 
@@ -26,6 +27,10 @@ from cnnlab.config.machine import compute_platform, describe
 
 IMPORTS = {
     "python alone": "pass",
+    "import numpy": "import numpy",
+    # TensorFlow's first import: its number types (bfloat16, float8s, int4s...) registered as numpy dtypes, each
+    # with its ufunc loops; numpy's PyUFunc_AddLoop compares each new loop with every one the ufunc already has
+    "import numpy, then ml_dtypes": "import numpy, ml_dtypes",
     "import tensorflow": "import tensorflow",
     "import keras (TensorFlow backend)": "import keras",
     # TensorFlow Lite tries `from jax import jit` and Keras' scikit-learn wrappers `import sklearn` at `import
